@@ -1,0 +1,6 @@
+"""Membership Leakage Explorer core: data, models, training, distances, attacks, metrics, store.
+
+Plain Python and PyTorch; the Streamlit app and the CLI are thin layers over it.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,144 @@
+"""Honest attack metrics: ROC, AUC, TPR at low FPR, bootstrap intervals, calibrated thresholds.
+
+Threshold-free numbers (ROC, AUC, TPR at a fixed FPR) follow Carlini et al. (S&P 2022). A threshold
+picked on the evaluation members themselves is an oracle and is only ever labelled as such.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+
+FPR_LEVELS: tuple[float, ...] = (0.001, 0.01, 0.1)
+
+
+@dataclass(frozen=True)
+class RocCurve:
+    fpr: np.ndarray
+    tpr: np.ndarray
+    thresholds: np.ndarray
+
+
+def _finite(scores: np.ndarray) -> np.ndarray:
+    """Replace +-inf (e.g. no adversarial example found) by values just past the finite range; order is kept."""
+    s = np.asarray(scores, dtype=np.float64)
+    finite = s[np.isfinite(s)]
+    if finite.size == len(s):
+        return s
+    lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
+    span = max(hi - lo, 1.0)
+    return np.where(s == np.inf, hi + span, np.where(s == -np.inf, lo - span, np.nan_to_num(s, nan=lo - span)))
+
+
+def _labels_scores(members: np.ndarray, nonmembers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y = np.r_[np.ones(len(members)), np.zeros(len(nonmembers))]
+    return y, _finite(np.r_[members, nonmembers])
+
+
+def roc_points(members: np.ndarray, nonmembers: np.ndarray) -> RocCurve:
+    """The ROC curve of the score (higher = member) over every threshold (scikit-learn's roc_curve)."""
+    y, s = _labels_scores(members, nonmembers)
+    fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
+    return RocCurve(fpr=fpr, tpr=tpr, thresholds=thr)
+
+
+def auc(members: np.ndarray, nonmembers: np.ndarray) -> float:
+    y, s = _labels_scores(members, nonmembers)
+    return float(roc_auc_score(y, s))
+
+
+def tpr_at_fpr(roc: RocCurve, fpr: float) -> float:
+    """Largest TPR among thresholds whose FPR does not exceed `fpr` (no interpolation above it)."""
+    ok = roc.fpr <= fpr + 1e-12
+    return float(roc.tpr[ok].max()) if ok.any() else 0.0
+
+
+def max_advantage(roc: RocCurve) -> float:
+    """max over thresholds of TPR - FPR (Yeom et al.'s membership advantage at the best threshold)."""
+    return float(np.max(roc.tpr - roc.fpr))
+
+
+def oracle_accuracy(roc: RocCurve, n_members: int, n_nonmembers: int) -> float:
+    """ORACLE upper bound: accuracy at the best threshold chosen with the evaluation's true membership."""
+    correct = roc.tpr * n_members + (1 - roc.fpr) * n_nonmembers
+    return float(correct.max() / (n_members + n_nonmembers))
+
+
+def threshold_at_fpr(reference_nonmembers: np.ndarray, fpr: float) -> float:
+    """A threshold an attacker can pick: the (1 - fpr) quantile of scores on reference data known to be
+    non-members (e.g. the reference pool scored on the target model, or a shadow model's held-out set)."""
+    s = _finite(reference_nonmembers)
+    return float(np.quantile(s, 1.0 - fpr, method="higher"))
+
+
+def rates_at_threshold(members: np.ndarray, nonmembers: np.ndarray, threshold: float) -> tuple[float, float]:
+    """(TPR, FPR) of the rule "member if score > threshold"."""
+    s_m, s_n = _finite(members), _finite(nonmembers)
+    return float(np.mean(s_m > threshold)), float(np.mean(s_n > threshold))
+
+
+@dataclass
+class AttackMetrics:
+    auc: float
+    tpr_at_fpr: dict[str, float]
+    max_advantage: float
+    oracle_accuracy: float
+    auc_ci: tuple[float, float] = (float("nan"), float("nan"))
+    tpr_at_fpr_ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+    calibrated: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _fpr_key(f: float) -> str:
+    return f"{f:g}"
+
+
+def bootstrap_intervals(
+    members: np.ndarray, nonmembers: np.ndarray, *, rounds: int = 200, level: float = 0.95, seed: int = 0
+) -> tuple[tuple[float, float], dict[str, tuple[float, float]]]:
+    """Percentile bootstrap intervals of AUC and TPR at FPR_LEVELS, resampling members and non-members apart."""
+    rng = np.random.default_rng(seed)
+    m, n = _finite(members), _finite(nonmembers)
+    aucs, tprs = [], {_fpr_key(f): [] for f in FPR_LEVELS}
+    for _ in range(rounds):
+        bm = m[rng.integers(0, len(m), len(m))]
+        bn = n[rng.integers(0, len(n), len(n))]
+        roc = roc_points(bm, bn)
+        aucs.append(float(np.trapezoid(roc.tpr, roc.fpr)))
+        for f in FPR_LEVELS:
+            tprs[_fpr_key(f)].append(tpr_at_fpr(roc, f))
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    pct = lambda v: (float(np.percentile(v, lo)), float(np.percentile(v, hi)))  # noqa: E731
+    return pct(aucs), {k: pct(v) for k, v in tprs.items()}
+
+
+def attack_metrics(
+    members: np.ndarray,
+    nonmembers: np.ndarray,
+    *,
+    reference: np.ndarray | None = None,
+    bootstrap_rounds: int = 200,
+    seed: int = 0,
+) -> AttackMetrics:
+    """All metrics of one attack's scores. With `reference` (scores of known non-members that are neither
+    members nor evaluation non-members) thresholds are calibrated there at each FPR level and their real
+    TPR / FPR on the evaluation set are reported."""
+    roc = roc_points(members, nonmembers)
+    out = AttackMetrics(
+        auc=auc(members, nonmembers),
+        tpr_at_fpr={_fpr_key(f): tpr_at_fpr(roc, f) for f in FPR_LEVELS},
+        max_advantage=max_advantage(roc),
+        oracle_accuracy=oracle_accuracy(roc, len(members), len(nonmembers)),
+    )
+    if bootstrap_rounds:
+        out.auc_ci, out.tpr_at_fpr_ci = bootstrap_intervals(members, nonmembers, rounds=bootstrap_rounds, seed=seed)
+    if reference is not None and len(reference):
+        for f in FPR_LEVELS:
+            thr = threshold_at_fpr(reference, f)
+            tpr, fpr = rates_at_threshold(members, nonmembers, thr)
+            out.calibrated[_fpr_key(f)] = {"threshold": thr, "tpr": tpr, "fpr": fpr}
+    return out

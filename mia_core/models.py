@@ -1,0 +1,108 @@
+"""Model architectures. Normalisation lives inside each model, so inputs and perturbations are in [0, 1] space."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std with per-channel (images) or per-feature (vectors) statistics stored as buffers."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        super().__init__()
+        stat_shape = (shape[0], 1, 1) if len(shape) == 3 else tuple(shape)
+        self.register_buffer("mean", torch.zeros(stat_shape))
+        self.register_buffer("std", torch.ones(stat_shape))
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor) -> None:
+        """Set the statistics from training inputs x [N, *shape]."""
+        dims = (0, 2, 3) if x.ndim == 4 else (0,)
+        self.mean.copy_(x.mean(dim=dims).reshape(self.mean.shape))
+        self.std.copy_(x.std(dim=dims).reshape(self.std.shape).clamp_min(1e-2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class Classifier(nn.Module):
+    """Normalize followed by a body that maps normalised inputs to logits."""
+
+    def __init__(self, normalize: Normalize, body: nn.Module):
+        super().__init__()
+        self.normalize = normalize
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.normalize(x))
+
+
+def _linear(shape: tuple[int, ...], k: int, width: int, dropout: float) -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(shape), k))
+
+
+def _mlp(shape: tuple[int, ...], k: int, width: int, dropout: float) -> nn.Module:
+    d = math.prod(shape)
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(d, width), nn.ReLU(), nn.Dropout(dropout),
+        nn.Linear(width, width), nn.ReLU(), nn.Dropout(dropout),
+        nn.Linear(width, k),
+    )
+
+
+def _cnn(shape: tuple[int, ...], k: int, width: int, dropout: float) -> nn.Module:
+    if len(shape) != 3:
+        raise ValueError(f"cnn needs image inputs (C, H, W); this dataset has shape {shape}. Use mlp or linear.")
+    c, h, w = shape
+    c1, c2 = max(8, width // 4), max(16, width // 2)
+    return nn.Sequential(
+        nn.Conv2d(c, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Dropout(dropout),
+        nn.Linear(c2 * (h // 4) * (w // 4), width), nn.ReLU(), nn.Dropout(dropout),
+        nn.Linear(width, k),
+    )
+
+
+def _resnet18(shape: tuple[int, ...], k: int, width: int, dropout: float) -> nn.Module:
+    """torchvision's ResNet-18 for small images: 3x3 stride-1 stem, no max-pool (as for CIFAR)."""
+    if len(shape) != 3:
+        raise ValueError(f"resnet18 needs image inputs (C, H, W); this dataset has shape {shape}.")
+    from torchvision.models import resnet18
+
+    net = resnet18(weights=None, num_classes=k)
+    net.conv1 = nn.Conv2d(shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    return net
+
+
+MODELS: dict[str, Callable[[tuple[int, ...], int, int, float], nn.Module]] = {
+    "linear": _linear,
+    "mlp": _mlp,
+    "cnn": _cnn,
+    "resnet18": _resnet18,
+}
+
+
+def build_model(
+    name: str, input_shape: tuple[int, ...], num_classes: int, *, width: int = 256, dropout: float = 0.0
+) -> Classifier:
+    """A fresh `Classifier` of the named architecture (see MODELS) for inputs of `input_shape`."""
+    if name not in MODELS:
+        raise ValueError(f"Unknown model '{name}'. Choose one of {', '.join(MODELS)}.")
+    body = MODELS[name](tuple(input_shape), num_classes, width, dropout)
+    return Classifier(Normalize(tuple(input_shape)), body)
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    """cuda when available (or asked for), else cpu."""
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if preference.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("CUDA was requested but no GPU is available; use --device cpu or auto.")
+    return torch.device(preference)

@@ -1,0 +1,175 @@
+"""Seeded training on the GPU when there is one, and safe checkpoint save / load."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+Progress = Callable[[str, float], None]
+"""progress(stage, fraction_done) — the CLI prints it, the app draws a bar."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be read or does not fit the architecture; the message says why."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 60
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+
+
+@dataclass
+class TrainHistory:
+    loss: list[float] = field(default_factory=list)
+    train_accuracy: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+StepLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor]
+"""A training objective: loss(model, x_batch, y_batch, epoch) -> scalar. Defenses supply their own."""
+
+
+def cross_entropy_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
+    return F.cross_entropy(model(x), y)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
+    """Logits for x in eval mode, batched, on the model's device; returned on that device."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = [model(x[i : i + batch_size].to(device)) for i in range(0, len(x), batch_size)]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, device=device)
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    if len(x) == 0:
+        return float("nan")
+    pred = predict_logits(model, x).argmax(1).cpu()
+    return float((pred == y.cpu()).float().mean())
+
+
+def train(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: TrainConfig,
+    *,
+    step_loss: StepLoss = cross_entropy_step,
+    progress: Progress | None = None,
+) -> TrainHistory:
+    """Train `model` in place with Adam on (x, y), shuffled by a generator seeded from config.seed.
+
+    x and y should already be on the model's device (small datasets live there whole).
+    """
+    gen = torch.Generator(device="cpu").manual_seed(config.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    history = TrainHistory()
+    n = len(x)
+    for epoch in range(config.epochs):
+        model.train()
+        perm = torch.randperm(n, generator=gen).to(x.device)
+        total, seen = 0.0, 0
+        for start in range(0, n, config.batch_size):
+            idx = perm[start : start + config.batch_size]
+            loss = step_loss(model, x[idx], y[idx], epoch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+        history.loss.append(total / max(seen, 1))
+        if epoch == config.epochs - 1 or epoch % 5 == 0:
+            history.train_accuracy.append(accuracy(model, x, y))
+        if progress:
+            progress("training", (epoch + 1) / config.epochs)
+    model.eval()
+    return history
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, *, metadata: dict | None = None) -> None:
+    """Write the state_dict as safetensors (no pickle), with `metadata` as JSON in the header."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata={"mia_core": json.dumps(metadata or {})})
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state_dict from .safetensors or a torch file, never unpickling arbitrary objects.
+
+    Torch files go through `torch.load(weights_only=True)`; anything that is not a flat mapping of
+    names to tensors (or {'state_dict': ...}) is refused.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"No such checkpoint: {path}")
+    is_torch_file = path.read_bytes()[:2] in (b"PK", b"\x80\x02") and path.suffix != ".safetensors"
+    try:
+        if is_torch_file:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        else:
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+    except Exception as err:  # truncated zip, refused pickle global, bad safetensors header, ...
+        raise CheckpointError(
+            f"{path.name} is not a readable checkpoint ({type(err).__name__}: {str(err)[:200]}). "
+            "Expected a state_dict saved with torch.save(model.state_dict(), ...) or with safetensors."
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not state or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise CheckpointError(f"{path.name} does not hold a state_dict (a mapping of parameter names to tensors).")
+    return state
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load `state` into `model` strictly, or raise CheckpointError listing what does not match.
+
+    A state_dict of the bare body (without our Normalize wrapper) is accepted too; the normalisation
+    then stays the identity (mean 0, std 1), matching a model trained on [0, 1] inputs.
+    """
+    expected = model.state_dict()
+    if not any(k.startswith("normalize.") for k in state) and all(f"body.{k}" in expected for k in state):
+        state = {f"body.{k}": v for k, v in state.items()}
+        state = {**{k: v for k, v in expected.items() if k.startswith("normalize.")}, **state}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append("shape mismatch: " + ", ".join(
+                f"{k} {tuple(state[k].shape)} vs expected {tuple(expected[k].shape)}" for k in wrong[:5]))
+        if missing:
+            parts.append(f"missing {len(missing)} keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys (e.g. {', '.join(unexpected[:3])})")
+        raise CheckpointError("The checkpoint does not fit this architecture: " + "; ".join(parts) + ".")
+    model.load_state_dict(state, strict=True)
