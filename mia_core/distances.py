@@ -60,7 +60,7 @@ def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def _is_adversarial(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Adversarial with a tiny logit margin, so that the verdict survives float noise between batch sizes."""
-    tol = 1e-5 * (1.0 + logits.detach().abs().amax(1))
+    tol = 2e-6 * (1.0 + logits.detach().abs().amax(1))
     return _margin(logits, y) < -tol
 
 

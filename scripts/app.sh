@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Create .venv (once), install the pinned requirements (a no-op when they are there) and start the app.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
+exec .venv/bin/python -m streamlit run app.py "$@"

@@ -1,0 +1,60 @@
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mia_core.data import load_dataset, make_split  # noqa: E402
+from mia_core.models import build_model  # noqa: E402
+from mia_core.training import TrainConfig, train  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_dataset("digits")
+
+
+def _trained(ds, arch, epochs, width):
+    split = make_split(ds, members=300, seed=0)
+    torch.manual_seed(0)
+    model = build_model(arch, ds.input_shape, ds.num_classes, width=width)
+    x, y = torch.from_numpy(ds.x[split.members]), torch.from_numpy(ds.y[split.members])
+    model.normalize.fit(x)
+    train(model, x, y, TrainConfig(epochs=epochs, seed=0))
+    return model.eval(), split
+
+
+@pytest.fixture(scope="session")
+def trained_mlp(digits):
+    return _trained(digits, "mlp", 20, 64)
+
+
+@pytest.fixture(scope="session")
+def trained_cnn(digits):
+    return _trained(digits, "cnn", 5, 32)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return tmp_path / "store"
+
+
+def tree_snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under root with its bytes, to show that a failed call changed nothing."""
+    if not root.exists():
+        return {}
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def snapshot():
+    return tree_snapshot
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)
