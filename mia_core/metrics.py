@@ -21,7 +21,7 @@ class RocCurve:
     thresholds: np.ndarray
 
 
-def _finite(scores: np.ndarray) -> np.ndarray:
+def finite_scores(scores: np.ndarray) -> np.ndarray:
     """Replace +-inf (e.g. no adversarial example found) by values just past the finite range; order is kept."""
     s = np.asarray(scores, dtype=np.float64)
     finite = s[np.isfinite(s)]
@@ -34,7 +34,7 @@ def _finite(scores: np.ndarray) -> np.ndarray:
 
 def _labels_scores(members: np.ndarray, nonmembers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     y = np.r_[np.ones(len(members)), np.zeros(len(nonmembers))]
-    return y, _finite(np.r_[members, nonmembers])
+    return y, finite_scores(np.r_[members, nonmembers])
 
 
 def roc_points(members: np.ndarray, nonmembers: np.ndarray) -> RocCurve:
@@ -69,13 +69,13 @@ def oracle_accuracy(roc: RocCurve, n_members: int, n_nonmembers: int) -> float:
 def threshold_at_fpr(reference_nonmembers: np.ndarray, fpr: float) -> float:
     """A threshold an attacker can pick: the (1 - fpr) quantile of scores on reference data known to be
     non-members (e.g. the reference pool scored on the target model, or a shadow model's held-out set)."""
-    s = _finite(reference_nonmembers)
+    s = finite_scores(reference_nonmembers)
     return float(np.quantile(s, 1.0 - fpr, method="higher"))
 
 
 def rates_at_threshold(members: np.ndarray, nonmembers: np.ndarray, threshold: float) -> tuple[float, float]:
     """(TPR, FPR) of the rule "member if score > threshold"."""
-    s_m, s_n = _finite(members), _finite(nonmembers)
+    s_m, s_n = finite_scores(members), finite_scores(nonmembers)
     return float(np.mean(s_m > threshold)), float(np.mean(s_n > threshold))
 
 
@@ -102,7 +102,7 @@ def bootstrap_intervals(
 ) -> tuple[tuple[float, float], dict[str, tuple[float, float]]]:
     """Percentile bootstrap intervals of AUC and TPR at FPR_LEVELS, resampling members and non-members apart."""
     rng = np.random.default_rng(seed)
-    m, n = _finite(members), _finite(nonmembers)
+    m, n = finite_scores(members), finite_scores(nonmembers)
     aucs, tprs = [], {_fpr_key(f): [] for f in FPR_LEVELS}
     for _ in range(rounds):
         bm = m[rng.integers(0, len(m), len(m))]
@@ -142,3 +142,66 @@ def attack_metrics(
             tpr, fpr = rates_at_threshold(members, nonmembers, thr)
             out.calibrated[_fpr_key(f)] = {"threshold": thr, "tpr": tpr, "fpr": fpr}
     return out
+
+
+def confusion_at_threshold(members: np.ndarray, nonmembers: np.ndarray, threshold: float) -> dict[str, int]:
+    """Counts of the rule "member if score > threshold": tp, fn (members), fp, tn (non-members)."""
+    s_m, s_n = finite_scores(members), finite_scores(nonmembers)
+    tp, fp = int(np.sum(s_m > threshold)), int(np.sum(s_n > threshold))
+    return {"tp": tp, "fn": len(s_m) - tp, "fp": fp, "tn": len(s_n) - fp}
+
+
+def precision_at_prevalence(tpr: float, fpr: float, prevalence: float) -> float:
+    """Precision of an attack with rates (tpr, fpr) when a fraction `prevalence` of targets are members."""
+    hits = prevalence * tpr
+    false = (1 - prevalence) * fpr
+    return float(hits / (hits + false)) if hits + false > 0 else float("nan")
+
+
+def oracle_threshold(members: np.ndarray, nonmembers: np.ndarray) -> float:
+    """ORACLE: the threshold of highest accuracy, chosen with the evaluation's true membership."""
+    roc = roc_points(members, nonmembers)
+    correct = roc.tpr * len(members) + (1 - roc.fpr) * len(nonmembers)
+    thr = roc.thresholds[int(np.argmax(correct))]
+    return float(thr if np.isfinite(thr) else finite_scores(np.r_[members, nonmembers]).max())
+
+
+def empirical_fpr(scores: np.ndarray, reference_nonmembers: np.ndarray) -> np.ndarray:
+    """For each score, the fraction of reference non-members scoring at least as high: the lowest FPR at
+    which a reference-calibrated threshold would still flag it (smaller = more exposed)."""
+    ref = np.sort(finite_scores(reference_nonmembers))
+    s = finite_scores(scores)
+    above = len(ref) - np.searchsorted(ref, s, side="left")
+    return (above + 1) / (len(ref) + 1)
+
+
+def vulnerability(scores: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> np.ndarray:
+    """Per record, the smallest empirical FPR over all attacks (see empirical_fpr): merges the attacks
+    into one exposure level that never uses the evaluation's membership labels."""
+    return np.min(np.stack([empirical_fpr(scores[a], reference[a]) for a in scores]), axis=0)
+
+
+def pareto_front(accuracy: np.ndarray, leakage: np.ndarray) -> np.ndarray:
+    """Indices of runs that no other run beats on both counts (higher accuracy and lower leakage)."""
+    acc, leak = np.asarray(accuracy, float), np.asarray(leakage, float)
+    keep = []
+    for i in range(len(acc)):
+        dominated = np.any((acc >= acc[i]) & (leak <= leak[i]) & ((acc > acc[i]) | (leak < leak[i])))
+        if not dominated:
+            keep.append(i)
+    return np.array(keep, dtype=int)
+
+
+def roc_band(members: np.ndarray, nonmembers: np.ndarray, *, rounds: int = 100, level: float = 0.95,
+             seed: int = 0, log: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A bootstrap confidence band of the ROC: (fpr grid, lower tpr, upper tpr)."""
+    rng = np.random.default_rng(seed)
+    grid = np.logspace(-3, 0, 60) if log else np.linspace(0, 1, 60)
+    m, n = finite_scores(members), finite_scores(nonmembers)
+    rows = []
+    for _ in range(rounds):
+        roc = roc_points(m[rng.integers(0, len(m), len(m))], n[rng.integers(0, len(n), len(n))])
+        rows.append(np.interp(grid, roc.fpr, roc.tpr))
+    rows = np.array(rows)
+    a = (1 - level) / 2 * 100
+    return grid, np.percentile(rows, a, axis=0), np.percentile(rows, 100 - a, axis=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -106,3 +107,17 @@ def pick_device(preference: str = "auto") -> torch.device:
     if preference.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("CUDA was requested but no GPU is available; use --device cpu or auto.")
     return torch.device(preference)
+
+
+@torch.no_grad()
+def probability_grid(
+    model: nn.Module, *, lo: float = 0.0, hi: float = 1.0, resolution: int = 120
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Softmax of a 2-D model over a square grid: (xs [R], ys [R], probabilities [R, R, K]) for drawing."""
+    device = next(model.parameters()).device
+    xs = np.linspace(lo, hi, resolution, dtype=np.float32)
+    gx, gy = np.meshgrid(xs, xs)
+    pts = torch.from_numpy(np.stack([gx.ravel(), gy.ravel()], 1)).to(device)
+    model.eval()
+    prob = torch.softmax(model(pts), dim=1).cpu().numpy()
+    return xs, xs, prob.reshape(resolution, resolution, -1)

@@ -1,0 +1,161 @@
+"""Plotly figure builders: pure functions of arrays, shared by the app, the CLI and the tests.
+
+Members and non-members keep the same two colours everywhere (Okabe-Ito, colour-blind safe).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+
+from .metrics import RocCurve
+
+MEMBER_COLOR = "#0072B2"  # blue
+NONMEMBER_COLOR = "#E69F00"  # orange
+REFERENCE_COLOR = "#999999"
+ATTACK_COLORS = ["#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000", "#0072B2", "#E69F00"]
+NORM_UNITS = {"distance_l2": "L2 norm", "distance_linf": "L-inf norm"}
+
+_LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=50, b=55), legend=dict(orientation="h", y=-0.2))
+
+
+def distance_histogram(
+    members: np.ndarray,
+    nonmembers: np.ndarray,
+    *,
+    norm_label: str = "L2 norm",
+    log_x: bool = False,
+    density: bool = False,
+    bins: int = 40,
+    title: str | None = None,
+) -> go.Figure:
+    """Overlaid histograms of member and non-member distances on shared bins. Infinite or zero values
+    (no adversarial example found / already misclassified) are counted in the title, not drawn."""
+    m = np.asarray(members, dtype=float)
+    n = np.asarray(nonmembers, dtype=float)
+    both = np.r_[m, n]
+    ok = np.isfinite(both) & ((both > 0) if log_x else np.ones_like(both, bool))
+    vals = both[ok]
+    lo, hi = (vals.min(), vals.max()) if vals.size else (0.0, 1.0)
+    if log_x:
+        edges = np.logspace(np.log10(lo), np.log10(hi * 1.0001), bins + 1)
+    else:
+        edges = np.linspace(lo, hi * 1.0001 if hi > 0 else 1.0, bins + 1)
+    fig = go.Figure()
+    for name, arr, color in (("members", m, MEMBER_COLOR), ("non-members", n, NONMEMBER_COLOR)):
+        counts, _ = np.histogram(arr[np.isfinite(arr)], bins=edges)
+        y = counts / max(len(arr), 1) / np.diff(edges) if density else counts
+        fig.add_bar(x=(edges[:-1] + edges[1:]) / 2 if not log_x else np.sqrt(edges[:-1] * edges[1:]),
+                    y=y, width=np.diff(edges), name=f"{name} (n={len(arr)})", marker_color=color, opacity=0.6)
+    dropped = int(np.sum(~np.isfinite(both))) + (int(np.sum(both == 0)) if log_x else 0)
+    note = f" — {dropped} not drawn (0 or no adversarial found)" if dropped else ""
+    fig.update_layout(
+        barmode="overlay", title=(title or "Distance to the decision boundary") + note,
+        xaxis_title=f"minimal perturbation ({norm_label}, inputs in [0, 1])",
+        yaxis_title="density (per unit distance)" if density else "samples", **_LAYOUT,
+    )
+    if log_x:
+        fig.update_xaxes(type="log")
+    return fig
+
+
+def roc_figure(curves: dict[str, RocCurve], *, aucs: dict[str, float] | None = None, log: bool = False,
+               bands: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None) -> go.Figure:
+    """ROC curves of several attacks, with the chance diagonal; log=True gives log-log axes from 1e-3.
+    `bands` maps an attack to (fpr grid, lower tpr, upper tpr) drawn as a shaded interval."""
+    fig = go.Figure()
+    floor = 1e-3 if log else 0.0
+    grid = np.logspace(-3, 0, 50) if log else np.linspace(0, 1, 50)
+    fig.add_scatter(x=grid, y=grid, mode="lines", name="chance", line=dict(color="#bbbbbb", dash="dash"))
+    for i, (name, roc) in enumerate(curves.items()):
+        color = ATTACK_COLORS[i % len(ATTACK_COLORS)]
+        if bands and name in bands:
+            fx, lo, hi = bands[name]
+            fig.add_scatter(x=np.r_[fx, fx[::-1]], y=np.r_[hi, lo[::-1]], fill="toself", mode="lines",
+                            line=dict(width=0), fillcolor=color, opacity=0.15, showlegend=False, hoverinfo="skip")
+        label = f"{name} (AUC {aucs[name]:.3f})" if aucs and name in aucs else name
+        fig.add_scatter(x=np.maximum(roc.fpr, floor), y=np.maximum(roc.tpr, floor), mode="lines", name=label,
+                        line=dict(color=color, width=2))
+    fig.update_layout(title="ROC: members caught (TPR) against non-members accused (FPR)",
+                      xaxis_title="false positive rate", yaxis_title="true positive rate", **_LAYOUT)
+    if log:
+        fig.update_xaxes(type="log", range=[-3, 0])
+        fig.update_yaxes(type="log", range=[-3, 0])
+    else:
+        fig.update_xaxes(range=[0, 1])
+        fig.update_yaxes(range=[0, 1])
+    return fig
+
+
+def tradeoff_figure(acc: np.ndarray, leak: np.ndarray, labels: list[str], front: np.ndarray, *,
+                    leak_name: str = "best attack AUC", groups: list[str] | None = None) -> go.Figure:
+    """Test accuracy against leakage, one point per run, with the Pareto front (high accuracy, low leakage)."""
+    fig = go.Figure()
+    groups = groups or ["runs"] * len(acc)
+    for i, g in enumerate(dict.fromkeys(groups)):
+        sel = np.array([x == g for x in groups])
+        fig.add_scatter(x=leak[sel], y=acc[sel], mode="markers", name=g, text=np.array(labels)[sel],
+                        marker=dict(size=10, color=ATTACK_COLORS[i % len(ATTACK_COLORS)]),
+                        hovertemplate="%{text}<br>leakage %{x:.3f}<br>test acc %{y:.3f}<extra></extra>")
+    order = front[np.argsort(leak[front])]
+    fig.add_scatter(x=leak[order], y=acc[order], mode="lines", name="Pareto front",
+                    line=dict(color="#000000", dash="dot"))
+    fig.update_layout(title="Accuracy against leakage (up and to the left is better)", xaxis_title=leak_name,
+                      yaxis_title="test accuracy", **_LAYOUT)
+    return fig
+
+
+def boundary_figure(xx: np.ndarray, yy: np.ndarray, prob: np.ndarray, points: np.ndarray, member: np.ndarray,
+                    distance: np.ndarray) -> go.Figure:
+    """A 2-D classifier: the winning class's probability as a heat map, the decision boundary, and the
+    members / non-members sized by their distance to the boundary."""
+    fig = go.Figure()
+    fig.add_heatmap(x=xx, y=yy, z=prob.max(-1), colorscale="Greys", showscale=False, opacity=0.35,
+                    hoverinfo="skip")
+    fig.add_contour(x=xx, y=yy, z=prob.argmax(-1), showscale=False, contours=dict(coloring="none"),
+                    line=dict(color="black", width=2), hoverinfo="skip", name="decision boundary")
+    d = np.where(np.isfinite(distance), distance, 0.0)
+    size = 5 + 25 * d / max(float(d.max()), 1e-9)
+    for is_m, name, color in ((True, "members", MEMBER_COLOR), (False, "non-members", NONMEMBER_COLOR)):
+        sel = member == is_m
+        fig.add_scatter(x=points[sel, 0], y=points[sel, 1], mode="markers", name=name,
+                        marker=dict(color=color, size=size[sel], line=dict(width=1, color="white")),
+                        text=[f"distance {v:.3f}" for v in distance[sel]], hoverinfo="text")
+    fig.update_layout(title="Decision boundary; marker size = distance to it", xaxis_title="feature 1",
+                      yaxis_title="feature 2", **_LAYOUT)
+    fig.update_yaxes(scaleanchor="x", scaleratio=1)
+    return fig
+
+
+def strength_figure(table, *, x: str, y: str, group: str, error: str | None = None, y_title: str = "") -> go.Figure:
+    """One line per defense over its strength, with error bars (e.g. the spread over seeds)."""
+    fig = go.Figure()
+    for i, (g, sub) in enumerate(table.groupby(group)):
+        sub = sub.sort_values(x)
+        fig.add_scatter(x=sub[x], y=sub[y], mode="lines+markers", name=str(g),
+                        error_y=dict(type="data", array=sub[error]) if error else None,
+                        line=dict(color=ATTACK_COLORS[i % len(ATTACK_COLORS)]))
+    fig.update_layout(xaxis_title="defense strength", yaxis_title=y_title or y, **_LAYOUT)
+    return fig
+
+
+def schematic_figure(seed: int = 0) -> go.Figure:
+    """The idea in one picture: a curved decision boundary, members far from it, non-members close,
+    each with a dotted segment to its nearest boundary point (illustrative points, no model)."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 1, 200)
+    boundary = 0.5 + 0.12 * np.sin(2 * np.pi * t)
+    fig = go.Figure()
+    fig.add_scatter(x=t, y=boundary, mode="lines", name="decision boundary", line=dict(color="black", width=3))
+    for name, color, gap in (("members", MEMBER_COLOR, (0.12, 0.3)), ("non-members", NONMEMBER_COLOR, (0.01, 0.12))):
+        xs = rng.uniform(0.05, 0.95, 12)
+        side = rng.choice([-1, 1], 12)
+        ys = 0.5 + 0.12 * np.sin(2 * np.pi * xs) + side * rng.uniform(*gap, 12)
+        for x0, y0 in zip(xs, ys):
+            by = 0.5 + 0.12 * np.sin(2 * np.pi * x0)
+            fig.add_scatter(x=[x0, x0], y=[y0, by], mode="lines", line=dict(color=color, dash="dot", width=1),
+                            showlegend=False, hoverinfo="skip")
+        fig.add_scatter(x=xs, y=ys, mode="markers", name=name, marker=dict(color=color, size=11))
+    fig.update_layout(title="Members sit farther from the boundary than non-members", xaxis_visible=False,
+                      yaxis_visible=False, height=330, **_LAYOUT)
+    return fig
