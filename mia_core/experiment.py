@@ -21,6 +21,7 @@ import torch
 from . import store as st
 from .attacks import ATTACKS, distance_scores, softmax_probabilities, softmax_scores
 from .data import Dataset, Split, load_dataset, make_split
+from .defenses import ADVERSARIAL, DefenseContext, make_objective, robust_accuracy, train_dp_sgd
 from .metrics import attack_metrics
 from .models import build_model, pick_device
 from .training import (
@@ -50,6 +51,11 @@ class ExperimentConfig:
     weight_decay: float = 0.0
     seed: int = 0
     checkpoint: str | None = None  # a user's state_dict to evaluate instead of training
+    defense: str = "none"  # see mia_core.defenses.DEFENSES
+    defense_strength: float = 0.0
+    adv_epsilon: float = 0.1  # radius of PGD / TRADES training and of robust accuracy
+    adv_norm: str = "linf"
+    validation_size: int = 200  # drawn from the reference pool; used by defenses, never scored
     distance_method: str = "fmn"
     distance_steps: int | None = None
     reference_scored: int = 500  # reference-pool samples scored to calibrate thresholds
@@ -63,7 +69,7 @@ class ExperimentConfig:
         d["data"] = dataset_fingerprint
         d["checkpoint"] = _file_digest(self.checkpoint) if self.checkpoint else None
         if self.checkpoint:
-            for k in ("epochs", "batch_size", "lr", "weight_decay", "dropout"):
+            for k in ("epochs", "batch_size", "lr", "weight_decay", "dropout", "defense", "defense_strength"):
                 d.pop(k)
         return st.config_hash(d)
 
@@ -113,34 +119,69 @@ class RunResult:
         return pd.concat(frames, ignore_index=True)
 
 
-def _reference_subset(split: Split, n: int, seed: int) -> np.ndarray:
-    ref = split.reference
+def validation_indices(split: Split, n: int, seed: int) -> np.ndarray:
+    """The defender's validation set: a seeded part of the reference pool (at most half of it)."""
+    n = min(n, len(split.reference) // 2)
+    return np.sort(np.random.default_rng(seed + 2).choice(split.reference, size=n, replace=False))
+
+
+def _reference_subset(split: Split, n: int, seed: int, exclude: np.ndarray) -> np.ndarray:
+    """The attacker's scored reference samples: from the pool, never the defender's validation set."""
+    ref = np.setdiff1d(split.reference, exclude)
     if len(ref) <= n:
         return ref
     return np.sort(np.random.default_rng(seed + 1).choice(ref, size=n, replace=False))
+
+
+def effective_training(cfg: ExperimentConfig) -> tuple[float, float]:
+    """(weight decay, dropout) after the weight_decay / dropout defenses are applied."""
+    wd = cfg.defense_strength if cfg.defense == "weight_decay" else cfg.weight_decay
+    dropout = cfg.defense_strength if cfg.defense == "dropout" else cfg.dropout
+    return wd, dropout
 
 
 def _train_stage(cfg: ExperimentConfig, run_dir: Path, ds: Dataset, device, progress) -> None:
     """Train (or load) the model and write config, split, weights and training metrics into run_dir."""
     split = make_split(ds, members=cfg.members, nonmembers=cfg.nonmembers, seed=cfg.seed)
     seed_everything(cfg.seed)
-    model = build_model(cfg.model, ds.input_shape, ds.num_classes, width=cfg.width, dropout=cfg.dropout)
+    weight_decay, dropout = effective_training(cfg)
+    model = build_model(cfg.model, ds.input_shape, ds.num_classes, width=cfg.width, dropout=dropout)
     x = torch.from_numpy(ds.x).to(device)
     y = torch.from_numpy(ds.y).to(device)
     xm, ym = x[split.members], y[split.members]
     model.to(device)
     t0 = time.perf_counter()
     history: dict = {}
+    defense_info: dict = {}
     if cfg.checkpoint:
         load_weights(model, read_state_dict(cfg.checkpoint))
         model.to(device)
+    elif cfg.defense == "dp_sgd":
+        model.normalize.fit(xm)
+        defense_info = train_dp_sgd(model, xm, ym, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr * 50,
+                                    noise_multiplier=cfg.defense_strength, seed=cfg.seed, progress=progress)
+        model = _unwrapped_copy(model, cfg, ds, dropout, device)
     else:
         model.normalize.fit(xm)
-        tc = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                         weight_decay=cfg.weight_decay, seed=cfg.seed)
-        history = train(model, xm, ym, tc, progress=progress).to_dict()
+        val = torch.from_numpy(validation_indices(split, cfg.validation_size, cfg.seed)).to(device)
+        ctx = DefenseContext(x_train=xm, y_train=ym, x_val=x[val], y_val=y[val], num_classes=ds.num_classes,
+                             epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
+                             adv_epsilon=cfg.adv_epsilon, adv_norm=cfg.adv_norm)
+        objective = make_objective(cfg.defense, cfg.defense_strength, ctx)
+        tc = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=weight_decay,
+                         seed=cfg.seed)
+        history = train(model, xm, ym, tc, step_loss=objective.step_loss, epoch_end=objective.epoch_end,
+                        progress=progress).to_dict()
+        if objective.finish:
+            objective.finish(model)
+        defense_info = {k: v for k, v in objective.info.items() if k != "best"}
     train_s = time.perf_counter() - t0
+    if cfg.defense in ADVERSARIAL or cfg.defense == "none":
+        xn, yn = x[split.nonmembers], y[split.nonmembers]
+        defense_info["robust_accuracy"] = robust_accuracy(model, xn, yn, eps=cfg.adv_epsilon, norm=cfg.adv_norm)
+        defense_info["robust_train_accuracy"] = robust_accuracy(model, xm, ym, eps=cfg.adv_epsilon, norm=cfg.adv_norm)
     info = {
+        "defense": defense_info,
         "train_accuracy": accuracy(model, xm, ym),
         "test_accuracy": accuracy(model, x[split.nonmembers], y[split.nonmembers]),
         "reference_accuracy": accuracy(model, x[split.reference], y[split.reference]),
@@ -155,8 +196,15 @@ def _train_stage(cfg: ExperimentConfig, run_dir: Path, ds: Dataset, device, prog
         st.write_json(tmp / "training.json", info)
 
 
+def _unwrapped_copy(model, cfg, ds, dropout, device):
+    """A fresh module with the trained weights, free of opacus's hooks."""
+    clean = build_model(cfg.model, ds.input_shape, ds.num_classes, width=cfg.width, dropout=dropout)
+    clean.load_state_dict({k: v.detach().clone() for k, v in model.state_dict().items()})
+    return clean.to(device).eval()
+
+
 def load_trained(cfg: ExperimentConfig, run_dir: Path, ds: Dataset, device) -> tuple[torch.nn.Module, Split, dict]:
-    model = build_model(cfg.model, ds.input_shape, ds.num_classes, width=cfg.width, dropout=cfg.dropout)
+    model = build_model(cfg.model, ds.input_shape, ds.num_classes, width=cfg.width, dropout=effective_training(cfg)[1])
     load_weights(model, read_state_dict(run_dir / "model.safetensors"))
     model.to(device).eval()
     with np.load(run_dir / "split.npz") as z:
@@ -166,7 +214,8 @@ def load_trained(cfg: ExperimentConfig, run_dir: Path, ds: Dataset, device) -> t
 
 def _eval_stage(cfg, eval_dir, ds, model, split, info, device, progress) -> None:
     groups = {"members": split.members, "nonmembers": split.nonmembers,
-              "reference": _reference_subset(split, cfg.reference_scored, cfg.seed)}
+              "reference": _reference_subset(split, cfg.reference_scored, cfg.seed,
+                                             validation_indices(split, cfg.validation_size, cfg.seed))}
     arrays: dict[str, np.ndarray] = {}
     timings: dict[str, float] = {}
     for g, idx in groups.items():
@@ -206,6 +255,7 @@ def _eval_stage(cfg, eval_dir, ds, model, split, info, device, progress) -> None
         "distance_seconds": sum(timings.values()),
         "distance_samples_per_second": 2 * n_scored / max(sum(timings.values()), 1e-9),
         "train_seconds": info["train_seconds"],
+        "defense": info.get("defense", {}),
         "device": str(device),
         "torch": torch.__version__,
         "platform": platform.platform(),

@@ -33,6 +33,7 @@ class TrainConfig:
 class TrainHistory:
     loss: list[float] = field(default_factory=list)
     train_accuracy: list[float] = field(default_factory=list)
+    stopped_at: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,11 +77,13 @@ def train(
     config: TrainConfig,
     *,
     step_loss: StepLoss = cross_entropy_step,
+    epoch_end: Callable[[nn.Module, torch.optim.Optimizer, int], bool] | None = None,
     progress: Progress | None = None,
 ) -> TrainHistory:
     """Train `model` in place with Adam on (x, y), shuffled by a generator seeded from config.seed.
 
-    x and y should already be on the model's device (small datasets live there whole).
+    `step_loss` gives each batch's loss; `epoch_end(model, optimizer, epoch)` runs after each epoch and
+    stops training by returning True (defenses use both). x and y should already be on the model's device.
     """
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -103,6 +106,9 @@ def train(
             history.train_accuracy.append(accuracy(model, x, y))
         if progress:
             progress("training", (epoch + 1) / config.epochs)
+        if epoch_end is not None and epoch_end(model, opt, epoch):
+            history.stopped_at = epoch
+            break
     model.eval()
     return history
 
