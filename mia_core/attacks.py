@@ -61,7 +61,10 @@ SOFTMAX_ATTACKS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 DISTANCE_ATTACKS: dict[str, float] = {"distance_l2": 2.0, "distance_linf": math.inf}
 """Boundary-distance scores: the norm of the minimal perturbation from the true label (0 if misclassified)."""
 
-ATTACKS: tuple[str, ...] = (*DISTANCE_ATTACKS, *SOFTMAX_ATTACKS)
+ADVERSARIAL_ATTACKS: tuple[str, ...] = ("adv_confidence",)
+"""I_A of Song, Shokri & Mittal (CCS 2019): the true-label confidence after an L-inf PGD attack."""
+
+ATTACKS: tuple[str, ...] = (*DISTANCE_ATTACKS, *SOFTMAX_ATTACKS, *ADVERSARIAL_ATTACKS)
 
 ATTACK_HELP: dict[str, str] = {
     "distance_l2": "L2 norm of the smallest change that flips the prediction (0 if already wrong).",
@@ -71,6 +74,8 @@ ATTACK_HELP: dict[str, str] = {
     "entropy": "Negative entropy of the softmax output (label-free).",
     "modified_entropy": "Negative modified entropy of Song & Mittal 2021 (uses the true label).",
     "gap": "1 if the model classifies the sample correctly, else 0.",
+    "adv_confidence": "True-label confidence after a PGD attack of radius epsilon (Song et al. 2019's I_A; "
+                      "'confidence' is their I_B).",
 }
 
 
@@ -95,3 +100,21 @@ def distance_scores(
                                     progress=progress)
         scores[name], perts[name] = pert.norms, pert
     return scores, perts
+
+
+def adversarial_confidence_score(model: nn.Module, x: torch.Tensor, y: np.ndarray, *, eps: float,
+                                 steps: int = 20, batch_size: int = 512) -> np.ndarray:
+    """p_y(x') with x' an untargeted L-inf PGD attack on the cross-entropy started at x: 20 steps of size
+    2.5 eps / 20, clipped to [0, 1] (Song, Shokri & Mittal, CCS 2019, inference on adversarial inputs)."""
+    from .defenses import pgd
+
+    device = next(model.parameters()).device
+    yt = torch.as_tensor(y, device=device)
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i : i + batch_size].to(device), yt[i : i + batch_size]
+        xa = pgd(model, xb, yb, eps=eps, norm="linf", steps=steps, random_start=False)
+        with torch.no_grad():
+            p = torch.softmax(model(xa).double(), dim=1)
+        out.append(p.gather(1, yb[:, None]).squeeze(1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)

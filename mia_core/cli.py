@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .attacks import ATTACKS
 from .data import DATASETS, DatasetError, download_dataset
+from .defenses import DEFAULT_STRENGTH, DEFENSE_HELP, DEFENSES
 from .distances import METHODS
 from .experiment import ExperimentConfig, list_runs, run_experiment
 from .models import MODELS
@@ -52,6 +53,13 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate. Default: %(default)s")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="Default: %(default)s")
     p.add_argument("--seed", type=int, default=d.seed, help="seeds the split, the initialisation and the batches")
+    p.add_argument("--defense", default=d.defense, choices=list(DEFENSES),
+                   help="train-time defense: " + "; ".join(f"{k}: {v}" for k, v in DEFENSE_HELP.items()))
+    p.add_argument("--strength", type=float, default=None,
+                   help="the defense's strength (default: a typical value for the chosen defense)")
+    p.add_argument("--adv-epsilon", type=float, default=d.adv_epsilon,
+                   help="radius for PGD-AT / TRADES training, robust accuracy and the adv_confidence attack")
+    p.add_argument("--adv-norm", default=d.adv_norm, choices=["linf", "l2"], help="norm of the PGD / TRADES ball")
     p.add_argument("--checkpoint", default=None,
                    help="evaluate this state_dict (.safetensors, or .pt via weights_only) instead of training")
     p.add_argument("--method", default=d.distance_method, choices=list(METHODS),
@@ -69,7 +77,9 @@ def config_from_args(a: argparse.Namespace) -> ExperimentConfig:
     return ExperimentConfig(
         dataset=a.dataset, model=a.model, width=a.width, dropout=a.dropout, members=a.members,
         nonmembers=a.nonmembers, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
-        seed=a.seed, checkpoint=a.checkpoint, distance_method=a.method, distance_steps=a.steps,
+        seed=a.seed, checkpoint=a.checkpoint, defense=a.defense,
+        defense_strength=DEFAULT_STRENGTH[a.defense] if a.strength is None else a.strength,
+        adv_epsilon=a.adv_epsilon, adv_norm=a.adv_norm, distance_method=a.method, distance_steps=a.steps,
         reference_scored=a.reference_scored, bootstrap_rounds=a.bootstrap, data_dir=a.data_dir, device=a.device,
     )
 
@@ -127,6 +137,37 @@ def cmd_runs(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(a: argparse.Namespace) -> int:
+    from .sweep import parse_grid, run_sweep, sweep_points
+
+    grid = parse_grid(a.grid)
+    seeds = [int(s) for s in a.seeds.split(",")]
+    points = sweep_points(config_from_args(a), grid, seeds)
+    print(f"{len(points)} points ({len(grid)} defenses x strengths x {len(seeds)} seeds) on {a.executor}",
+          file=sys.stderr)
+    results = run_sweep(points, store_root=a.store or "mia_runs", executor=a.executor, workers=a.workers,
+                        address=a.address, progress=LineProgress())
+    print(f"{'defense':<16}{'strength':>9}{'seed':>6}{'test acc':>9}{'best AUC':>9}{'TPR@1%':>8}  reused")
+    for p, (s, reused) in zip(points, results):
+        best = max(s["attacks"], key=lambda k: s["attacks"][k]["auc"])
+        print(f"{p.config.defense:<16}{p.config.defense_strength:>9g}{p.config.seed:>6}{s['test_accuracy']:>9.3f}"
+              f"{s['attacks'][best]['auc']:>9.3f}{s['attacks'][best]['tpr_at_fpr']['0.01']:>8.3f}  {reused}")
+    return 0
+
+
+def cmd_reproduce(a: argparse.Namespace) -> int:
+    from .reproduce import reproduce, write_into_readme
+
+    table = reproduce(config_from_args(a), seeds=[int(s) for s in a.seeds.split(",")],
+                      store_root=a.store or "mia_runs", executor=a.executor, workers=a.workers,
+                      progress=LineProgress())
+    print(table)
+    if a.readme:
+        write_into_readme(table, a.readme)
+        print(f"\nwritten into {a.readme}", file=sys.stderr)
+    return 0
+
+
 def cmd_download(a: argparse.Namespace) -> int:
     path = download_dataset(a.dataset, a.data_dir)
     print(f"{a.dataset} is in {path}; use --dataset {a.dataset} --data-dir {path}")
@@ -149,6 +190,27 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--store", default=None, help="store folder (default: $MIA_STORE or ./mia_runs)")
     runs.add_argument("--json", action="store_true", help="print the summaries as JSON")
     runs.set_defaults(func=cmd_runs)
+    sw = sub.add_parser("sweep", help="run a grid of defenses x strengths x seeds into the store (resumable)",
+                        description="Each point is a run in the store: finished points are reused, so an "
+                                    "interrupted sweep resumes where it stopped. Example: --grid none "
+                                    "--grid pgd_at=0.05,0.1 --grid mmd_mixup=1,3 --seeds 0,1,2")
+    _add_run_args(sw)
+    sw.add_argument("--grid", action="append", required=True, help="DEFENSE[=s1,s2,...], repeatable")
+    sw.add_argument("--seeds", default="0", help="comma-separated seeds. Default: %(default)s")
+    sw.add_argument("--executor", default="process", choices=["serial", "process", "ray"],
+                    help="local process pool (default), serial, or a Ray cluster")
+    sw.add_argument("--workers", type=int, default=None, help="parallel points (default: the CPU count)")
+    sw.add_argument("--address", default=None, help="Ray cluster address (ray://host:10001 or auto)")
+    sw.set_defaults(func=cmd_sweep)
+    rp = sub.add_parser("reproduce", help="measure the seed papers' findings and write a table",
+                        description="Runs natural, PGD-AT, TRADES, MMD+mix-up and DP-SGD models over seeds on the "
+                                    "chosen data and prints the findings beside the papers' reference values.")
+    _add_run_args(rp)
+    rp.add_argument("--seeds", default="0,1,2", help="Default: %(default)s")
+    rp.add_argument("--executor", default="process", choices=["serial", "process", "ray"])
+    rp.add_argument("--workers", type=int, default=None)
+    rp.add_argument("--readme", default=None, help="write the table into this README between its markers")
+    rp.set_defaults(func=cmd_reproduce)
     dl = sub.add_parser("download", help="fetch mnist, fashion_mnist or cifar10 into a folder (needs internet)")
     dl.add_argument("--dataset", required=True, choices=["mnist", "fashion_mnist", "cifar10"])
     dl.add_argument("--data-dir", required=True)

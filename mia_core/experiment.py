@@ -19,7 +19,9 @@ import pandas as pd
 import torch
 
 from . import store as st
-from .attacks import ATTACKS, distance_scores, softmax_probabilities, softmax_scores
+from .attacks import (
+    ATTACKS, adversarial_confidence_score, distance_scores, softmax_probabilities, softmax_scores,
+)
 from .data import Dataset, Split, load_dataset, make_split
 from .defenses import ADVERSARIAL, DefenseContext, make_objective, robust_accuracy, train_dp_sgd
 from .metrics import attack_metrics
@@ -231,6 +233,7 @@ def _eval_stage(cfg, eval_dir, ds, model, split, info, device, progress) -> None
                                       steps=cfg.distance_steps, progress=sub)
         timings[g] = time.perf_counter() - t0
         arrays.update({f"{g}/{k}": v for k, v in dist.items()})
+        arrays[f"{g}/adv_confidence"] = adversarial_confidence_score(model, x, y, eps=cfg.adv_epsilon)
         if g != "reference":
             for k, p in perts.items():
                 arrays[f"{g}/x_adv_{k}"] = p.x_adv.cpu().numpy()

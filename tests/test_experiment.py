@@ -40,7 +40,7 @@ def test_cli_end_to_end(tmp_path):
 def test_help_documents_every_command():
     proc = subprocess.run([sys.executable, "-m", "mia_core", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0
-    for cmd in ("run", "runs", "download"):
+    for cmd in ("run", "runs", "sweep", "reproduce", "download"):
         assert cmd in proc.stdout
     proc = subprocess.run([sys.executable, "-m", "mia_core", "run", "--help"], cwd=ROOT, capture_output=True,
                           text=True)
