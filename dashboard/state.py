@@ -105,8 +105,8 @@ def roc_band_data(eval_dir: str, attack: str, log: bool):
 
 
 @st.cache_data(show_spinner=False)
-def store_summaries(_version: float) -> list[dict]:
-    """Every finished run in the store; `_version` (the store's mtime) invalidates the cache."""
+def store_summaries(version: float) -> list[dict]:
+    """Every finished run in the store; `version` (see store_version) invalidates the cache."""
     return ex.list_runs(store_root())
 
 

@@ -6,6 +6,7 @@ import streamlit as st
 from dashboard import state
 from mia_core import experiment as ex
 from mia_core.data import DATASETS, DatasetError, EMBEDDED
+from mia_core.defenses import DEFAULT_STRENGTH, DEFENSE_HELP, DEFENSES
 from mia_core.distances import METHODS
 from mia_core.models import MODELS
 from mia_core.training import CheckpointError, read_state_dict
@@ -31,10 +32,16 @@ with st.form("experiment"):
     method = c5.selectbox("distance search", list(METHODS), index=list(METHODS).index(d.distance_method),
                           help="deepfool: fast linearisation; fmn: Fast Minimum-Norm, tighter (starts from DeepFool).")
     weight_decay = c6.select_slider("weight decay", [0.0, 1e-5, 1e-4, 1e-3, 1e-2], value=d.weight_decay)
+    c7, c8 = st.columns(2)
+    defense = c7.selectbox("defense", list(DEFENSES), help="; ".join(f"{k}: {v}" for k, v in DEFENSE_HELP.items()))
+    strength = c8.number_input("defense strength (0 = the defense's typical value)", 0.0, 1000.0, 0.0,
+                               help="PGD/TRADES epsilon or beta, MMD lambda, mix-up alpha, smoothing, decay, "
+                                    "dropout rate, patience, or DP noise multiplier.")
     submitted = st.form_submit_button("Train and score", type="primary")
 
 config = ex.ExperimentConfig(dataset=dataset, model=model, width=int(width), members=int(members), epochs=int(epochs),
                              seed=int(seed), distance_method=method, weight_decay=float(weight_decay),
+                             defense=defense, defense_strength=float(strength or DEFAULT_STRENGTH[defense]),
                              data_dir=data_dir if dataset not in EMBEDDED else None)
 if submitted:
     try:

@@ -132,3 +132,18 @@ def test_export_page_offers_downloads(app_store):
     labels = [b.label for b in at.get("download_button")]
     assert "Per-sample table (CSV)" in labels and "Summary (JSON)" in labels and labels.count("HTML") == 4
     json.dumps(ex.list_runs(app_store)[0])
+
+
+def test_defenses_page_trains_and_compares(app_store):
+    ex.run_experiment(FAST, store_root=app_store)
+    at = _open("pages/defenses.py", app_store)
+    [m for m in at.multiselect if m.label == "defenses"][0].set_value(["label_smoothing"])
+    at.run()
+    [b for b in at.button if b.label == "Train"][0].click().run()
+    assert not at.exception, at.exception
+    defenses = {s["config"]["defense"] for s in ex.list_runs(app_store)}
+    assert "label_smoothing" in defenses
+    table = [df.value for df in at.dataframe if "strength" in df.value.columns][0]
+    assert "label_smoothing" in set(table["defense"])
+    [r for r in at.radio if r.label == "leakage metric"][0].set_value("TPR at 1% FPR").run()
+    assert not at.exception
