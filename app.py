@@ -2,16 +2,16 @@
 
 import streamlit as st
 
-st.set_page_config(page_title="Membership Leakage Explorer", page_icon="🔍", layout="wide")
+st.set_page_config(page_title="Membership Leakage Explorer", page_icon=":material/visibility:", layout="wide")
 
 PAGES = [
-    st.Page("pages/overview.py", title="Overview", icon="🏠", default=True),
-    st.Page("pages/experiment.py", title="Experiment", icon="🧪"),
-    st.Page("pages/distances.py", title="Distances", icon="📏"),
-    st.Page("pages/attacks.py", title="Attacks", icon="🎯"),
-    st.Page("pages/defenses.py", title="Defenses", icon="🛡️"),
-    st.Page("pages/playground.py", title="Playground", icon="🎓"),
-    st.Page("pages/export.py", title="Export", icon="📦"),
+    st.Page("pages/overview.py", title="Overview", icon=":material/home:", default=True),
+    st.Page("pages/experiment.py", title="Experiment", icon=":material/science:"),
+    st.Page("pages/distances.py", title="Distances", icon=":material/straighten:"),
+    st.Page("pages/attacks.py", title="Attacks", icon=":material/target:"),
+    st.Page("pages/defenses.py", title="Defenses", icon=":material/shield:"),
+    st.Page("pages/playground.py", title="Playground", icon=":material/school:"),
+    st.Page("pages/export.py", title="Export", icon=":material/download:"),
 ]
 
 st.navigation(PAGES).run()

@@ -19,35 +19,36 @@ from .training import predict_logits
 _EPS = 1e-12
 
 
-def loss_score(p: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """-CE(p, y): members have low loss (Yeom et al. 2018)."""
-    return np.log(np.clip(p[np.arange(len(y)), y], _EPS, 1.0))
+def loss_score(logp: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """-CE = log p_y: members have low loss (Yeom et al. 2018). From log-probabilities, so a confident
+    model's scores do not all round to 0."""
+    return logp[np.arange(len(y)), y]
 
 
-def confidence_score(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+def confidence_score(logp: np.ndarray, y: np.ndarray) -> np.ndarray:
     """p_y, the probability of the true label."""
-    return p[np.arange(len(y)), y]
+    return np.exp(logp[np.arange(len(y)), y])
 
 
-def entropy_score(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+def entropy_score(logp: np.ndarray, y: np.ndarray) -> np.ndarray:
     """-H(p) = sum_k p_k log p_k: members get confident, low-entropy predictions. Label-free."""
-    return np.sum(p * np.log(np.clip(p, _EPS, 1.0)), axis=1)
+    return np.sum(np.exp(logp) * logp, axis=1)
 
 
-def modified_entropy_score(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+def modified_entropy_score(logp: np.ndarray, y: np.ndarray) -> np.ndarray:
     """-Mentr(p, y) of Song & Mittal (2021): -(1 - p_y) log p_y - sum_{k != y} p_k log(1 - p_k), negated."""
     idx = np.arange(len(y))
-    py = p[idx, y]
-    log_1mp = np.log(np.clip(1.0 - p, _EPS, 1.0))
-    others = p * log_1mp
+    p = np.exp(logp)
+    lpy = logp[idx, y]
+    others = p * np.log1p(-np.clip(p, 0.0, 1.0 - 1e-16))
     others[idx, y] = 0.0
-    mentr = -(1.0 - py) * np.log(np.clip(py, _EPS, 1.0)) - others.sum(axis=1)
+    mentr = -(-np.expm1(lpy)) * lpy - others.sum(axis=1)
     return -mentr
 
 
-def gap_score(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+def gap_score(logp: np.ndarray, y: np.ndarray) -> np.ndarray:
     """1 if the prediction is correct else 0 (the gap attack of Yeom et al. 2018)."""
-    return (p.argmax(axis=1) == y).astype(np.float64)
+    return (logp.argmax(axis=1) == y).astype(np.float64)
 
 
 SOFTMAX_ATTACKS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
@@ -79,14 +80,28 @@ ATTACK_HELP: dict[str, str] = {
 }
 
 
-def softmax_probabilities(model: nn.Module, x: torch.Tensor) -> np.ndarray:
-    """Softmax outputs [N, K] as float64 numpy."""
-    return torch.softmax(predict_logits(model, x).double(), dim=1).cpu().numpy()
+def precise_log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """log p_k = -softplus(logsumexp_{j != k}(z_j - z_k)), in float64.
+
+    Unlike z_k - logsumexp(z), this keeps tiny losses distinct on a saturated model (log p_y of -1e-18
+    and -1e-22 do not both round to 0), so confident members still rank by their loss.
+    """
+    z = logits.double()
+    diff = z[:, None, :] - z[:, :, None]  # [N, k, j] = z_j - z_k
+    diff.diagonal(dim1=1, dim2=2).fill_(-torch.inf)
+    return -torch.nn.functional.softplus(torch.logsumexp(diff, dim=2))
 
 
-def softmax_scores(probs: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
-    """Every softmax attack's score for samples with softmax `probs` and true labels `y`."""
-    return {name: fn(probs, y) for name, fn in SOFTMAX_ATTACKS.items()}
+def log_probabilities(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1024) -> np.ndarray:
+    """Precise log-softmax outputs [N, K] in float64 (see precise_log_softmax)."""
+    logits = predict_logits(model, x)
+    return torch.cat([precise_log_softmax(logits[i : i + batch_size]) for i in range(0, len(logits), batch_size)]
+                     ).cpu().numpy() if len(logits) else np.zeros((0, 0))
+
+
+def softmax_scores(logp: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    """Every softmax attack's score for samples with log-probabilities `logp` and true labels `y`."""
+    return {name: fn(logp, y) for name, fn in SOFTMAX_ATTACKS.items()}
 
 
 def distance_scores(

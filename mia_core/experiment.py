@@ -20,7 +20,7 @@ import torch
 
 from . import store as st
 from .attacks import (
-    ATTACKS, adversarial_confidence_score, distance_scores, softmax_probabilities, softmax_scores,
+    ATTACKS, adversarial_confidence_score, distance_scores, log_probabilities, softmax_scores,
 )
 from .data import Dataset, Split, load_dataset, make_split
 from .defenses import ADVERSARIAL, DefenseContext, make_objective, robust_accuracy, train_dp_sgd
@@ -223,10 +223,10 @@ def _eval_stage(cfg, eval_dir, ds, model, split, info, device, progress) -> None
     for g, idx in groups.items():
         x = torch.from_numpy(ds.x[idx])
         y = ds.y[idx]
-        probs = softmax_probabilities(model, x.to(device))
+        logp = log_probabilities(model, x.to(device))
         arrays[f"{g}/index"], arrays[f"{g}/label"] = idx, y
-        arrays[f"{g}/prediction"] = probs.argmax(1)
-        arrays.update({f"{g}/{k}": v for k, v in softmax_scores(probs, y).items()})
+        arrays[f"{g}/prediction"] = logp.argmax(1)
+        arrays.update({f"{g}/{k}": v for k, v in softmax_scores(logp, y).items()})
         t0 = time.perf_counter()
         sub = (lambda stage, f, g=g: progress(f"{stage} on {g}", f)) if progress else None
         dist, perts = distance_scores(model, x.to(device), y, method=cfg.distance_method,

@@ -42,5 +42,5 @@ with b:
     names = ["distance_l2", "loss", "modified_entropy"]
     st.plotly_chart(figures.roc_figure({n: state.roc_data(str(run.eval_dir), n) for n in names},
                                        aucs={n: s["attacks"][n]["auc"] for n in names}), width="stretch")
-st.page_link("pages/distances.py", label="Explore the distances", icon="📏")
-st.page_link("pages/attacks.py", label="Compare every attack", icon="🎯")
+st.page_link("pages/distances.py", label="Explore the distances", icon=":material/straighten:")
+st.page_link("pages/attacks.py", label="Compare every attack", icon=":material/target:")

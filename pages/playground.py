@@ -10,12 +10,13 @@ st.title("Playground")
 st.caption("A 2-D classroom demo: watch a model overfit its training points, and watch leakage appear and shrink.")
 
 c1, c2, c3, c4 = st.columns(4)
-dataset = c1.radio("dataset", ["moons", "blobs"], horizontal=True)
+dataset = c1.radio("dataset", ["blobs", "moons"], horizontal=True,
+                   help="blobs: three overlapping classes, memorisation is easy to see; moons: two half-moons.")
 width = c2.select_slider("model width", [4, 8, 16, 32, 64, 128, 256], value=128)
 epochs = c3.select_slider("training epochs", [10, 50, 100, 200, 400, 800], value=400)
 weight_decay = c4.select_slider("defense: weight decay", [0.0, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1], value=0.0,
                                 help="An L2 penalty on the weights: a simple regulariser that smooths the boundary.")
-members = st.slider("members (training points)", 20, 250, 60, step=10,
+members = st.slider("members (training points)", 20, 250, 40, step=10,
                     help="Fewer training points make memorisation easier to see.")
 config = ex.ExperimentConfig(dataset=dataset, model="mlp", width=width, members=members, epochs=epochs,
                              weight_decay=weight_decay, batch_size=32, lr=3e-3, distance_method="deepfool",

@@ -45,7 +45,7 @@ def test_oracle_accuracy_of_gap_attack_is_half_plus_half_gap():
     p_m /= p_m.sum(1, keepdims=True)
     p_n /= p_n.sum(1, keepdims=True)
     train_acc, test_acc = np.mean(p_m.argmax(1) == y_m), np.mean(p_n.argmax(1) == y_n)
-    g_m, g_n = gap_score(p_m, y_m), gap_score(p_n, y_n)
+    g_m, g_n = gap_score(np.log(p_m), y_m), gap_score(np.log(p_n), y_n)
     roc = roc_points(g_m, g_n)
     assert oracle_accuracy(roc, n, n) == pytest.approx(0.5 + (train_acc - test_acc) / 2)
 
@@ -77,9 +77,24 @@ def test_modified_entropy_by_hand():
     p = np.array([[0.7, 0.2, 0.1]])
     y = np.array([0])
     mentr = -(0.3) * np.log(0.7) - 0.2 * np.log(0.8) - 0.1 * np.log(0.9)
-    assert modified_entropy_score(p, y)[0] == pytest.approx(-mentr)
-    s = softmax_scores(p, y)
+    assert modified_entropy_score(np.log(p), y)[0] == pytest.approx(-mentr)
+    s = softmax_scores(np.log(p), y)
     assert s["loss"][0] == pytest.approx(np.log(0.7))
     assert s["confidence"][0] == pytest.approx(0.7)
     assert s["entropy"][0] == pytest.approx(0.7 * np.log(0.7) + 0.2 * np.log(0.2) + 0.1 * np.log(0.1))
     assert s["gap"][0] == 1.0
+
+
+def test_loss_score_keeps_rank_when_saturated():
+    """Two very confident samples whose p_y both round to 1.0 in float64 keep distinct losses."""
+    import torch
+
+    from mia_core.attacks import precise_log_softmax
+
+    logits = torch.tensor([[40.0, 0.0, 1.0], [50.0, 0.0, -3.0], [0.3, 0.1, 0.2]])
+    logp = precise_log_softmax(logits).numpy()
+    np.testing.assert_allclose(np.exp(logp).sum(1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(logp[2], torch.log_softmax(logits[2].double(), 0).numpy(), rtol=1e-10)
+    s = softmax_scores(logp[:2], np.array([0, 0]))
+    assert s["confidence"][0] == s["confidence"][1] == 1.0
+    assert s["loss"][1] > s["loss"][0]

@@ -1,0 +1,99 @@
+"""A real browser: Debian's Chromium driven by Playwright against the app served on 127.0.0.1.
+
+Runs the demo, visits every page, moves a slider, and checks that no page shows an exception.
+With MIA_SCREENSHOTS=DIR it also saves one screenshot per page (the README's pictures come from here).
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+PAGES = ["Overview", "Experiment", "Distances", "Attacks", "Defenses", "Playground", "Export"]
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("CI"):
+        raise RuntimeError("CI needs Debian's chromium for the browser test (scripts/test.sh installs it).")
+    pytest.skip("Debian's chromium is not installed", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = _free_port()
+    env = dict(os.environ, MIA_STORE=str(tmp_path_factory.mktemp("browserstore")))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address",
+         "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            if urllib.request.urlopen(url + "/_stcore/health", timeout=1).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError("the Streamlit server did not start")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def _settle(page):
+    page.wait_for_timeout(500)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=120_000)
+    page.wait_for_timeout(500)
+
+
+def _no_exception(page, where):
+    errors = page.locator('[data-testid="stException"]')
+    assert errors.count() == 0, f"{where}: {errors.first.inner_text()[:500]}"
+
+
+def test_demo_and_every_page_in_chromium(server):
+    shots = os.environ.get("MIA_SCREENSHOTS")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page_errors = []
+        page.on("pageerror", lambda e: page_errors.append(str(e)))
+        page.goto(server, wait_until="networkidle")
+        page.get_by_role("button", name="Run the demo").first.click()
+        page.get_by_text("Headline").first.wait_for(timeout=180_000)
+        _settle(page)
+        _no_exception(page, "Overview")
+        assert page.get_by_text("best attack AUC").count() >= 1
+        for name in PAGES:
+            page.get_by_role("link", name=name).first.click()
+            _settle(page)
+            _no_exception(page, name)
+            if name == "Distances":
+                slider = page.get_by_role("slider").first
+                slider.focus()
+                for _ in range(5):
+                    page.keyboard.press("ArrowRight")
+                _settle(page)
+                _no_exception(page, "Distances after moving a slider")
+            if shots:
+                Path(shots).mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(Path(shots) / f"{name.lower()}.png"), full_page=True)
+        browser.close()
+    assert not page_errors, page_errors
