@@ -15,9 +15,10 @@ and carries its true norm ||x_adv - x||.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -37,6 +38,19 @@ class Perturbation:
     adv_labels: np.ndarray  # [N] the model's prediction at x_adv
     norm: float  # 2.0 or math.inf
     method: str
+
+
+@contextlib.contextmanager
+def strict_float32() -> Iterator[None]:
+    """Disable TF32 in cuDNN convolutions and matmuls for the duration (PyTorch enables it for convolutions
+    by default on Ampere and later). Under TF32 a point on the boundary can change side between two batch
+    compositions, so verdicts would not survive a re-check; in strict float32 they do."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _flat_norm(d: torch.Tensor, p: float) -> torch.Tensor:
@@ -222,22 +236,61 @@ def _refined(model, x, y, cand, found, refine_steps):
     return out
 
 
-def _deepfool_refined(model, x, y, norm, steps, refine_steps):
-    kw = {} if steps is None else {"steps": steps}
-    cand, found = deepfool(model, x, y, norm=norm, **kw)
-    return _refined(model, x, y, cand, found, refine_steps)
+def _deepfool_search(model, x, y, norm, steps):
+    return deepfool(model, x, y, norm=norm, **({} if steps is None else {"steps": steps}))
 
 
-def _fmn_refined(model, x, y, norm, steps, refine_steps):
+def _fmn_search(model, x, y, norm, steps):
     """FMN warm-started from the refined DeepFool point, so it is never looser than DeepFool."""
-    start = _deepfool_refined(model, x, y, norm, None, refine_steps)
-    kw = {} if steps is None else {"steps": steps}
-    cand, found = fmn(model, x, y, norm=norm, init=start, **kw)
-    return _refined(model, x, y, cand, found, refine_steps)
+    cand, found = deepfool(model, x, y, norm=norm)
+    start = _refined(model, x, y, cand, found, 20)
+    return fmn(model, x, y, norm=norm, init=start, **({} if steps is None else {"steps": steps}))
 
 
-METHODS: dict[str, Callable[..., torch.Tensor]] = {"deepfool": _deepfool_refined, "fmn": _fmn_refined}
-"""Search name -> fn(model, x, y, norm, steps, refine_steps) returning boundary points (x where none found)."""
+METHODS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
+    "deepfool": _deepfool_search, "fmn": _fmn_search,
+}
+"""Search name -> fn(model, x, y, norm, steps) returning (candidate points, found)."""
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+@contextlib.contextmanager
+def search_precision(mode: str, device: torch.device) -> Iterator[None]:
+    """Arithmetic for the search phase only: strict fp32, TF32 matmuls and convolutions, or bf16 autocast.
+    Whatever it is, the candidates are re-checked, pulled to the boundary and verified in strict fp32."""
+    if mode == "fp32":
+        with strict_float32():
+            yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        if mode == "bf16":
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+                yield
+        else:
+            yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@torch.no_grad()
+def _push_out(model, x, y, cand, found, factors=(1.01, 1.05, 1.2, 1.5, 2.0)):
+    """Make candidates adversarial under strict fp32: extend x -> cand along its direction (clipped to
+    the box) until the prediction flips. Returns (points, adversarial)."""
+    adv = found & _is_adversarial(model(cand), y)
+    out = cand.clone()
+    for f in factors:
+        todo = found & ~adv
+        if not todo.any():
+            break
+        trial = (x[todo] + f * (cand[todo] - x[todo])).clamp(0, 1)
+        ok = _is_adversarial(model(trial), y[todo])
+        idx = todo.nonzero().squeeze(1)
+        out[idx[ok]] = trial[ok]
+        adv[idx[ok]] = True
+    return out, adv
 
 
 def minimal_perturbation(
@@ -250,6 +303,7 @@ def minimal_perturbation(
     steps: int | None = None,
     batch_size: int = 512,
     refine_steps: int = 20,
+    precision: str = "tf32",
     progress: Progress | None = None,
 ) -> Perturbation:
     """Per-sample minimal L2 / L-inf perturbation that changes the model's prediction.
@@ -257,14 +311,24 @@ def minimal_perturbation(
     Relative to the model's own prediction unless `labels` is given; then a misclassified sample has
     distance 0 (x_adv = x). `method` is 'deepfool' or 'fmn' (see METHODS). Runs on the model's device in
     batches of `batch_size` (memory stays bounded), refines each found point by bisection and verifies it.
-    Inputs must lie in [0, 1].
+    `precision` sets the search arithmetic ('fp32', 'tf32' or 'bf16'; TF32 and bf16 only speed up GPUs);
+    the bisection and the verification always run in strict fp32. Inputs must lie in [0, 1].
     """
     if norm not in (2.0, math.inf):
         raise ValueError(f"norm must be 2.0 or math.inf, got {norm}.")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'.")
     if method not in METHODS:
         raise ValueError(f"Unknown method '{method}'. Choose one of {', '.join(METHODS)}.")
     if x.numel() and (x.min() < 0 or x.max() > 1):
         raise ValueError("Inputs must lie in [0, 1]; normalisation belongs inside the model.")
+    with strict_float32():
+        return _minimal_perturbation(model, x, norm, labels, method, steps, batch_size, refine_steps, precision,
+                                     progress)
+
+
+def _minimal_perturbation(model, x, norm, labels, method, steps, batch_size, refine_steps, precision,
+                          progress) -> Perturbation:
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -282,7 +346,15 @@ def minimal_perturbation(
         correct = pred == y
         x_adv = xb.clone()
         if correct.any():
-            x_adv[correct] = METHODS[method](model, xb[correct], y[correct], norm, steps, refine_steps)
+            xs, ys = xb[correct], y[correct]
+            with search_precision(precision, device):
+                cand, found = METHODS[method](model, xs, ys, norm, steps)
+            cand, found = _push_out(model, xs, ys, cand.float(), found)
+            retry = ~found
+            if precision != "fp32" and retry.any():  # rare: search again in strict fp32
+                cand_r, found_r = METHODS[method](model, xs[retry], ys[retry], norm, steps)
+                cand[retry], found[retry] = cand_r, found_r & _is_adversarial(model(cand_r).detach(), ys[retry])
+            x_adv[correct] = _refined(model, xs, ys, cand, found, refine_steps)
         with torch.no_grad():
             adv_pred = model(x_adv).argmax(1)
         out_adv.append(x_adv)
