@@ -65,7 +65,21 @@ DISTANCE_ATTACKS: dict[str, float] = {"distance_l2": 2.0, "distance_linf": math.
 ADVERSARIAL_ATTACKS: tuple[str, ...] = ("adv_confidence",)
 """I_A of Song, Shokri & Mittal (CCS 2019): the true-label confidence after an L-inf PGD attack."""
 
-ATTACKS: tuple[str, ...] = (*DISTANCE_ATTACKS, *SOFTMAX_ATTACKS, *ADVERSARIAL_ATTACKS)
+LABEL_ONLY_ATTACKS: dict[str, float] = {"label_only_l2": 2.0, "label_only_linf": math.inf}
+"""Decision-based boundary distances (mia_core.label_only): they see predicted labels only."""
+
+LIRA_ATTACKS: tuple[str, ...] = ("lira_online", "lira_online_fixed", "lira_offline", "lira_offline_fixed")
+
+ATTACKS: tuple[str, ...] = (*DISTANCE_ATTACKS, *LABEL_ONLY_ATTACKS, *SOFTMAX_ATTACKS, *ADVERSARIAL_ATTACKS,
+                            *LIRA_ATTACKS, "local_variation")
+LABEL_ONLY = ("gap", *LABEL_ONLY_ATTACKS)
+"""Attacks that need nothing but the predicted label: output masking cannot hide from them."""
+
+OUTPUT_MASKS: dict[str, str] = {
+    "none": "the full probability vector",
+    "label": "the top-1 label only",
+    "round2": "probabilities rounded to 2 decimals",
+}
 
 ATTACK_HELP: dict[str, str] = {
     "distance_l2": "L2 norm of the smallest change that flips the prediction (0 if already wrong).",
@@ -77,6 +91,14 @@ ATTACK_HELP: dict[str, str] = {
     "gap": "1 if the model classifies the sample correctly, else 0.",
     "adv_confidence": "True-label confidence after a PGD attack of radius epsilon (Song et al. 2019's I_A; "
                       "'confidence' is their I_B).",
+    "label_only_l2": "L2 distance to the boundary found from predicted labels only (HopSkipJump-style).",
+    "label_only_linf": "L-inf distance to the boundary found from predicted labels only (HopSkipJump-style).",
+    "lira_online": "LiRA (Carlini et al. 2022): likelihood ratio of IN vs OUT shadow-model Gaussians.",
+    "lira_online_fixed": "LiRA online with one global variance (steadier with few shadows).",
+    "lira_offline": "LiRA offline: how far above the OUT shadow-model Gaussian (no IN models needed).",
+    "lira_offline_fixed": "LiRA offline with one global variance.",
+    "local_variation": "This project's reading of Kadoche et al. 2022: minus the loss change from x to its "
+                       "minimal adversarial example per unit of L2 distance (flatter = more member-like).",
 }
 
 
@@ -118,7 +140,7 @@ def distance_scores(
 
 
 def adversarial_confidence_score(model: nn.Module, x: torch.Tensor, y: np.ndarray, *, eps: float,
-                                 steps: int = 20, batch_size: int = 512) -> np.ndarray:
+                                 steps: int = 20, batch_size: int = 512, mask: str = "none") -> np.ndarray:
     """p_y(x') with x' an untargeted L-inf PGD attack on the cross-entropy started at x: 20 steps of size
     2.5 eps / 20, clipped to [0, 1] (Song, Shokri & Mittal, CCS 2019, inference on adversarial inputs)."""
     from .defenses import pgd
@@ -130,6 +152,34 @@ def adversarial_confidence_score(model: nn.Module, x: torch.Tensor, y: np.ndarra
         xb, yb = x[i : i + batch_size].to(device), yt[i : i + batch_size]
         xa = pgd(model, xb, yb, eps=eps, norm="linf", steps=steps, random_start=False)
         with torch.no_grad():
-            p = torch.softmax(model(xa).double(), dim=1)
-        out.append(p.gather(1, yb[:, None]).squeeze(1).cpu().numpy())
+            logp = mask_log_probs(precise_log_softmax(model(xa)).cpu().numpy(), mask)
+        out.append(confidence_score(logp, yb.cpu().numpy()))
     return np.concatenate(out) if out else np.zeros(0)
+
+
+def mask_log_probs(logp: np.ndarray, mode: str) -> np.ndarray:
+    """What an attacker sees through an API that masks its outputs (see OUTPUT_MASKS), as log-probabilities."""
+    if mode == "none":
+        return logp
+    k = logp.shape[-1]
+    if mode == "label":
+        p = np.full(logp.shape, 1e-6 / (k - 1))
+        np.put_along_axis(p, logp.argmax(-1)[..., None], 1 - 1e-6, axis=-1)
+    elif mode == "round2":
+        p = np.maximum(np.round(np.exp(logp), 2), 1e-4)
+        p = p / p.sum(-1, keepdims=True)
+    else:
+        raise ValueError(f"Unknown output mask '{mode}'. Choose one of {', '.join(OUTPUT_MASKS)}.")
+    return np.log(p)
+
+
+def local_variation_score(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: np.ndarray,
+                          distance: np.ndarray) -> np.ndarray:
+    """-|loss(x_adv) - loss(x)| / ||x_adv - x||_2: an EXPERIMENTAL reading of Kadoche et al. (2022)'s
+    "proxy of the total variation of a trained model near its training samples" (only their abstract was
+    available); higher = flatter around the sample. Samples without an adversarial example score -inf-free 0."""
+    lx = -loss_score(log_probabilities(model, x), y)
+    la = -loss_score(log_probabilities(model, x_adv), y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v = np.abs(la - lx) / distance
+    return np.where(np.isfinite(v), -v, 0.0)

@@ -20,8 +20,12 @@ import torch
 
 from . import store as st
 from .attacks import (
-    ATTACKS, adversarial_confidence_score, distance_scores, log_probabilities, softmax_scores,
+    ATTACKS, LABEL_ONLY_ATTACKS, adversarial_confidence_score, distance_scores, local_variation_score,
+    log_probabilities, mask_log_probs, softmax_scores,
 )
+from .label_only import label_only_distance
+from .lira import lira_scores, phi_from_log_probs, shadow_key, shadow_set
+from .thresholds import attacker_thresholds
 from .data import Dataset, Split, load_dataset, make_split
 from .defenses import ADVERSARIAL, DefenseContext, make_objective, robust_accuracy, train_dp_sgd
 from .metrics import attack_metrics
@@ -33,7 +37,8 @@ from .training import (
 Progress = Callable[[str, float], None]
 GROUPS = ("members", "nonmembers", "reference")
 
-_EVAL_FIELDS = ("distance_method", "distance_steps", "reference_scored", "bootstrap_rounds")
+_EVAL_FIELDS = ("distance_method", "distance_steps", "reference_scored", "bootstrap_rounds", "label_only_queries",
+                "lira_shadows", "output_mask")
 _UNHASHED = ("data_dir", "device")
 
 
@@ -62,6 +67,9 @@ class ExperimentConfig:
     distance_steps: int | None = None
     reference_scored: int = 500  # reference-pool samples scored to calibrate thresholds
     bootstrap_rounds: int = 200
+    label_only_queries: int = 1000  # label queries per sample for the label-only distance
+    lira_shadows: int = 16  # shadow models for LiRA and shadow-calibrated thresholds (even, >= 2)
+    output_mask: str = "none"  # what the attacker's API returns: none, label, round2 (see attacks.OUTPUT_MASKS)
     data_dir: str | None = None  # where torchvision datasets live; not part of the hash
     device: str = "auto"  # not part of the hash
 
@@ -215,34 +223,67 @@ def load_trained(cfg: ExperimentConfig, run_dir: Path, ds: Dataset, device) -> t
 
 
 def _eval_stage(cfg, eval_dir, ds, model, split, info, device, progress) -> None:
+    if cfg.lira_shadows < 2 or cfg.lira_shadows % 2:
+        raise ValueError("lira_shadows must be an even number >= 2.")
     groups = {"members": split.members, "nonmembers": split.nonmembers,
               "reference": _reference_subset(split, cfg.reference_scored, cfg.seed,
                                              validation_indices(split, cfg.validation_size, cfg.seed))}
+    mask = lambda logp: mask_log_probs(logp, cfg.output_mask)  # noqa: E731
     arrays: dict[str, np.ndarray] = {}
     timings: dict[str, float] = {}
     for g, idx in groups.items():
-        x = torch.from_numpy(ds.x[idx])
+        x = torch.from_numpy(ds.x[idx]).to(device)
         y = ds.y[idx]
-        logp = log_probabilities(model, x.to(device))
+        logp = mask(log_probabilities(model, x))
         arrays[f"{g}/index"], arrays[f"{g}/label"] = idx, y
         arrays[f"{g}/prediction"] = logp.argmax(1)
         arrays.update({f"{g}/{k}": v for k, v in softmax_scores(logp, y).items()})
+        arrays[f"{g}/lira_phi"] = phi_from_log_probs(logp, y)
         t0 = time.perf_counter()
         sub = (lambda stage, f, g=g: progress(f"{stage} on {g}", f)) if progress else None
-        dist, perts = distance_scores(model, x.to(device), y, method=cfg.distance_method,
-                                      steps=cfg.distance_steps, progress=sub)
+        dist, perts = distance_scores(model, x, y, method=cfg.distance_method, steps=cfg.distance_steps, progress=sub)
         timings[g] = time.perf_counter() - t0
         arrays.update({f"{g}/{k}": v for k, v in dist.items()})
-        arrays[f"{g}/adv_confidence"] = adversarial_confidence_score(model, x, y, eps=cfg.adv_epsilon)
+        arrays[f"{g}/adv_confidence"] = adversarial_confidence_score(model, x, y, eps=cfg.adv_epsilon,
+                                                                     mask=cfg.output_mask)
+        arrays[f"{g}/local_variation"] = local_variation_score(model, x, perts["distance_l2"].x_adv, y,
+                                                               dist["distance_l2"])
+        for name, norm in LABEL_ONLY_ATTACKS.items():
+            if progress:
+                progress(f"label-only search on {g}", 0.0)
+            lo = label_only_distance(model, x, y, norm=norm, max_queries=cfg.label_only_queries, seed=cfg.seed)
+            arrays[f"{g}/{name}"] = lo.norms
+            arrays[f"{g}/{name}_queries"] = lo.queries
         if g != "reference":
             for k, p in perts.items():
                 arrays[f"{g}/x_adv_{k}"] = p.x_adv.cpu().numpy()
                 arrays[f"{g}/adv_label_{k}"] = p.adv_labels
+    # LiRA: shadow models on random halves of the evaluation pool, cached beside the trained model
+    pool = np.concatenate([split.members, split.nonmembers])
+    wd, dropout = effective_training(cfg)
+    shadows = shadow_set(
+        lambda: build_model(cfg.model, ds.input_shape, ds.num_classes, width=cfg.width, dropout=dropout),
+        torch.from_numpy(ds.x[pool]).to(device), torch.from_numpy(ds.y[pool]).to(device),
+        n_models=cfg.lira_shadows, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=wd,
+        seed=cfg.seed, cache_dir=eval_dir.parent / f"shadows-{shadow_key(cfg.lira_shadows, cfg.seed)}",
+        progress=progress)
+    shadow_phi = shadows.phi(ds.y[pool], mask)
+    target_phi = np.r_[arrays["members/lira_phi"], arrays["nonmembers/lira_phi"]]
+    lira = lira_scores(target_phi, shadow_phi, shadows.inside)
+    n_m = len(split.members)
+    for k, v in lira.items():
+        arrays[f"members/{k}"], arrays[f"nonmembers/{k}"] = v[:n_m], v[n_m:]
+        arrays[f"reference/{k}"] = np.full(len(groups["reference"]), np.nan)  # not in the shadows' pool
     attacks = {}
     for a in ATTACKS:
+        ref = arrays[f"reference/{a}"]
         m = attack_metrics(arrays[f"members/{a}"], arrays[f"nonmembers/{a}"],
-                           reference=arrays[f"reference/{a}"], bootstrap_rounds=cfg.bootstrap_rounds, seed=cfg.seed)
+                           reference=None if np.isnan(ref).all() else ref, bootstrap_rounds=cfg.bootstrap_rounds,
+                           seed=cfg.seed)
         attacks[a] = m.to_dict()
+    thresholds = attacker_thresholds(
+        arrays, type(shadows)(logp=mask(shadows.logp), inside=shadows.inside) if cfg.output_mask != "none" else shadows,
+        ds.y[pool], ds.num_classes, model, ds.input_shape, cfg.seed)
     n_scored = sum(len(v) for v in groups.values())
     summary = {
         "config": asdict(cfg),
@@ -255,6 +296,8 @@ def _eval_stage(cfg, eval_dir, ds, model, split, info, device, progress) -> None
         "n_nonmembers": len(split.nonmembers),
         "n_reference_scored": len(groups["reference"]),
         "attacks": attacks,
+        "thresholds": thresholds,
+        "label_only_queries_used": float(np.mean(arrays["members/label_only_l2_queries"])),
         "distance_seconds": sum(timings.values()),
         "distance_samples_per_second": 2 * n_scored / max(sum(timings.values()), 1e-9),
         "train_seconds": info["train_seconds"],

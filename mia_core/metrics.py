@@ -67,16 +67,20 @@ def oracle_accuracy(roc: RocCurve, n_members: int, n_nonmembers: int) -> float:
 
 
 def threshold_at_fpr(reference_nonmembers: np.ndarray, fpr: float) -> float:
-    """A threshold an attacker can pick: the (1 - fpr) quantile of scores on reference data known to be
-    non-members (e.g. the reference pool scored on the target model, or a shadow model's held-out set)."""
-    s = finite_scores(reference_nonmembers)
-    return float(np.quantile(s, 1.0 - fpr, method="higher"))
+    """A threshold an attacker can pick from reference data known to be non-members (e.g. the reference
+    pool scored on the target model): the lowest one at which at most a fraction `fpr` of them score
+    >= it."""
+    s = np.sort(finite_scores(reference_nonmembers))
+    allowed = int(np.floor(fpr * len(s) + 1e-9))
+    if allowed >= len(s):
+        return float(s[0])
+    return float(np.nextafter(s[len(s) - allowed - 1], np.inf))
 
 
 def rates_at_threshold(members: np.ndarray, nonmembers: np.ndarray, threshold: float) -> tuple[float, float]:
-    """(TPR, FPR) of the rule "member if score > threshold"."""
+    """(TPR, FPR) of the rule "member if score >= threshold" (the rule scikit-learn's roc_curve uses)."""
     s_m, s_n = finite_scores(members), finite_scores(nonmembers)
-    return float(np.mean(s_m > threshold)), float(np.mean(s_n > threshold))
+    return float(np.mean(s_m >= threshold)), float(np.mean(s_n >= threshold))
 
 
 @dataclass
@@ -145,9 +149,9 @@ def attack_metrics(
 
 
 def confusion_at_threshold(members: np.ndarray, nonmembers: np.ndarray, threshold: float) -> dict[str, int]:
-    """Counts of the rule "member if score > threshold": tp, fn (members), fp, tn (non-members)."""
+    """Counts of the rule "member if score >= threshold": tp, fn (members), fp, tn (non-members)."""
     s_m, s_n = finite_scores(members), finite_scores(nonmembers)
-    tp, fp = int(np.sum(s_m > threshold)), int(np.sum(s_n > threshold))
+    tp, fp = int(np.sum(s_m >= threshold)), int(np.sum(s_n >= threshold))
     return {"tp": tp, "fn": len(s_m) - tp, "fp": fp, "tn": len(s_n) - fp}
 
 

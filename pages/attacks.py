@@ -59,7 +59,7 @@ def threshold_panel() -> None:
     st.plotly_chart(fig, width="stretch")
     a, b = st.columns(2)
     with a:
-        st.markdown(f"**Confusion at threshold {thr:.4g}** (member if score > threshold)")
+        st.markdown(f"**Confusion at threshold {thr:.4g}** (member if score ≥ threshold)")
         st.table(pd.DataFrame({"predicted member": [conf["tp"], conf["fp"]],
                                "predicted non-member": [conf["fn"], conf["tn"]]},
                               index=["members", "non-members"]))

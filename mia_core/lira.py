@@ -1,0 +1,170 @@
+"""LiRA, the likelihood-ratio attack (Carlini et al., S&P 2022), with shadow models trained many at once.
+
+N shadow models, each trained on a random half of the evaluation pool (members and non-members), so every
+point is IN for about half of them and OUT for the rest. For each point, the logit-scaled confidence
+phi = log p_y - log sum_{k != y} p_k on the IN and the OUT models is fitted by Gaussians; the target
+model's phi is scored by their likelihood ratio (online) or against the OUT Gaussian alone (offline), with a
+per-example or a global (fixed) variance. The shadows train stacked: one `torch.func.functional_call`
+under `vmap` runs every model's batch in one call, and one Adam steps them all.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from scipy.stats import norm as gaussian
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+from torch.nn import functional as F
+
+from . import store as st
+
+VARIANTS = ("lira_online", "lira_online_fixed", "lira_offline", "lira_offline_fixed")
+
+
+def phi_from_log_probs(logp: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """phi = log p_y - log(1 - p_y) (the logit-scaled confidence) from precise log-probabilities [..., K]."""
+    lpy = np.take_along_axis(logp, np.broadcast_to(y, logp.shape[:-1])[..., None], axis=-1)[..., 0]
+    return lpy - np.log(-np.expm1(np.minimum(lpy, -1e-300)))
+
+
+@dataclass(frozen=True)
+class ShadowSet:
+    logp: np.ndarray  # [models, points, classes] precise log-softmax of each pool point on each shadow
+    inside: np.ndarray  # [models, points] bool, the point was in that shadow's training set
+
+    def phi(self, y: np.ndarray, mask: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+        """[models, points] phi, after the same output masking as the target's API (if any)."""
+        return phi_from_log_probs(mask(self.logp) if mask else self.logp, y)
+
+
+def train_shadow_chunk(
+    build: Callable[[], nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    subsets: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+) -> torch.Tensor:
+    """Train len(subsets) models at once, model i on x[subsets[i]]; return the precise log-softmax of every
+    x on every model, [models, points, classes]."""
+    torch.manual_seed(seed)
+    models = [build().to(x.device) for _ in range(len(subsets))]
+    for m, sub in zip(models, subsets):
+        m.normalize.fit(x[sub])
+    params, buffers = stack_module_state(models)
+    base = copy.deepcopy(models[0]).to("meta")
+
+    def run(p, b, xb):
+        return functional_call(base, (p, b), (xb,))
+
+    batched = vmap(run, randomness="different")
+    opt = torch.optim.Adam(params.values(), lr=lr, weight_decay=weight_decay)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    n_models, per_model = subsets.shape
+    for _ in range(epochs):
+        order = torch.argsort(torch.rand(n_models, per_model, generator=gen), dim=1).to(x.device)
+        shuffled = subsets.gather(1, order)
+        for s in range(0, per_model, batch_size):
+            idx = shuffled[:, s : s + batch_size]
+            logits = batched(params, buffers, x[idx])
+            loss = F.cross_entropy(logits.flatten(0, 1), y[idx].flatten()) * n_models
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        for m in models:
+            m.eval()
+        base.eval()
+        logits = torch.cat([vmap(run)(params, buffers, x[None].expand(n_models, *x.shape)[:, i : i + 2048])
+                            for i in range(0, len(x), 2048)], dim=1)
+    from .attacks import precise_log_softmax
+
+    return precise_log_softmax(logits.flatten(0, 1)).view(n_models, len(x), -1)
+
+
+def shadow_set(
+    build: Callable[[], nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    n_models: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    cache_dir: Path | None = None,
+    chunk: int = 8,
+    progress=None,
+) -> ShadowSet:
+    """`n_models` shadows on random halves of (x, y), trained `chunk` at a time. With `cache_dir`, each
+    finished chunk is stored atomically and reused, so an interrupted computation resumes."""
+    rng = np.random.default_rng(seed + 1000)
+    n = len(x)
+    half = n // 2
+    # balanced inclusion: each point is IN for exactly half of every pair of models
+    subsets = []
+    for _ in range(0, n_models, 2):
+        perm = rng.permutation(n)
+        subsets += [np.sort(perm[:half]), np.sort(perm[half : 2 * half])]
+    subsets = np.array(subsets[:n_models])
+    parts = []
+    for c in range(0, n_models, chunk):
+        path = cache_dir / f"chunk-{c // chunk:03d}.npz" if cache_dir else None
+        if path is not None and path.exists():
+            with np.load(path) as z:
+                parts.append(z["logp"])
+        else:
+            sub = torch.from_numpy(subsets[c : c + chunk]).to(x.device)
+            logp = train_shadow_chunk(build, x, y, sub, epochs=epochs, batch_size=batch_size, lr=lr,
+                                      weight_decay=weight_decay, seed=seed + 7919 * (c + 1)).cpu().numpy()
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".tmp-{path.stem}.npz")
+                np.savez(tmp, logp=logp)
+                tmp.replace(path)
+            parts.append(logp)
+        if progress:
+            progress("shadow models (LiRA)", min(1.0, (c + chunk) / n_models))
+    inside = np.zeros((n_models, n), dtype=bool)
+    for i, sub in enumerate(subsets):
+        inside[i, sub] = True
+    return ShadowSet(logp=np.concatenate(parts), inside=inside)
+
+
+def lira_scores(target_phi: np.ndarray, phi: np.ndarray, inside: np.ndarray) -> dict[str, np.ndarray]:
+    """Online and offline LiRA scores from the target's phi [points] and the shadows' phi [models, points],
+    each with per-example and with global (fixed) variance. Higher = more likely a member. Offline scores
+    use only the OUT models."""
+    out_w, in_w = (~inside).astype(float), inside.astype(float)
+
+    def moments(w):
+        cnt = np.maximum(w.sum(0), 1)
+        mu = (phi * w).sum(0) / cnt
+        var = ((phi - mu) ** 2 * w).sum(0) / np.maximum(cnt - 1, 1)
+        return mu, np.sqrt(np.maximum(var, 1e-12))
+
+    mu_in, sd_in = moments(in_w)
+    mu_out, sd_out = moments(out_w)
+    g_in, g_out = np.median(sd_in), np.median(sd_out)  # a robust global scale
+    t = target_phi
+    return {
+        "lira_online": gaussian.logpdf(t, mu_in, sd_in) - gaussian.logpdf(t, mu_out, sd_out),
+        "lira_online_fixed": gaussian.logpdf(t, mu_in, g_in) - gaussian.logpdf(t, mu_out, g_out),
+        "lira_offline": gaussian.logcdf(t, mu_out, sd_out),
+        "lira_offline_fixed": gaussian.logcdf(t, mu_out, g_out),
+    }
+
+
+def shadow_key(n_models: int, seed: int) -> str:
+    return st.config_hash({"n_models": n_models, "seed": seed, "version": 1})

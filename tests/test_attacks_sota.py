@@ -1,0 +1,124 @@
+"""State-of-the-art attacks: LiRA, label-only distances, inference on adversarial inputs, masking, thresholds."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mia_core.distances import minimal_perturbation
+from mia_core.experiment import ExperimentConfig, run_experiment
+from mia_core.label_only import label_only_distance
+from mia_core.lira import lira_scores, phi_from_log_probs, shadow_set
+from mia_core.models import build_model
+from mia_core.thresholds import balanced_threshold, class_thresholds
+
+OVERFIT = ExperimentConfig(members=200, epochs=60, bootstrap_rounds=0, reference_scored=200)
+
+
+@pytest.fixture(scope="module")
+def overfit_runs(tmp_path_factory):
+    store = tmp_path_factory.mktemp("sota")
+    return {mask: run_experiment(ExperimentConfig(**{**OVERFIT.__dict__, "output_mask": mask}), store_root=store)
+            for mask in ("none", "label")}
+
+
+def test_lira_beats_the_global_loss_threshold_at_low_fpr(overfit_runs):
+    a = overfit_runs["none"].summary["attacks"]
+    assert a["lira_online"]["tpr_at_fpr"]["0.01"] > a["loss"]["tpr_at_fpr"]["0.01"] + 0.05
+    assert a["lira_online"]["auc"] > a["loss"]["auc"] + 0.05
+    assert a["lira_offline"]["auc"] > 0.55
+
+
+def test_label_only_distance_bounds_the_white_box_distance(trained_mlp, digits):
+    model, split = trained_mlp
+    idx = split.nonmembers[:150]
+    x, y = torch.from_numpy(digits.x[idx]), torch.from_numpy(digits.y[idx])
+    for norm in (2.0, math.inf):
+        wb = minimal_perturbation(model, x, norm=norm, labels=y, method="fmn")
+        lo = label_only_distance(model, x, y, norm=norm, max_queries=1000)
+        assert lo.success.all() and lo.queries.max() <= 1000
+        with torch.no_grad():
+            flipped = model(lo.x_adv).argmax(1) != y
+        assert flipped.numpy()[lo.norms > 0].all()  # every label-only point is really misclassified
+        ok = wb.norms > 0
+        assert np.mean(lo.norms[ok] >= wb.norms[ok] * (1 - 1e-6)) >= 0.95
+        assert np.median(lo.norms[ok] / wb.norms[ok]) < 1.5  # and it is not a loose bound
+
+
+def test_inference_on_adversarial_inputs_beats_clean_on_adversarially_trained_model(tmp_path):
+    """Song, Shokri & Mittal 2019: on a PGD-trained model I_A (adv_confidence) leaks more than I_B."""
+    orc_a, orc_b = [], []
+    for seed in (0, 1):
+        cfg = ExperimentConfig(**{**OVERFIT.__dict__, "defense": "pgd_at", "defense_strength": 0.1, "seed": seed,
+                                  "lira_shadows": 2, "label_only_queries": 200})
+        a = run_experiment(cfg, store_root=tmp_path).summary["attacks"]
+        orc_a.append(a["adv_confidence"]["auc"])
+        orc_b.append(a["confidence"]["auc"])
+    assert np.mean(orc_a) > np.mean(orc_b)
+
+
+def test_label_only_attacks_see_through_confidence_masking(overfit_runs):
+    full, masked = overfit_runs["none"].summary["attacks"], overfit_runs["label"].summary["attacks"]
+    for a in ("label_only_l2", "label_only_linf", "gap"):
+        assert masked[a]["auc"] == pytest.approx(full[a]["auc"])
+    assert full["confidence"]["auc"] > full["gap"]["auc"] + 0.03
+    # with the top-1 label only, confidence carries nothing beyond correctness: down to the gap attack's level
+    for a in ("confidence", "loss", "entropy", "lira_online"):
+        assert masked[a]["auc"] <= masked["gap"]["auc"] + 0.01
+    assert masked["entropy"]["auc"] == pytest.approx(0.5)
+
+
+def test_attacker_thresholds_are_reported_beside_the_oracle(overfit_runs):
+    t = overfit_runs["none"].summary["thresholds"]
+    names = " ".join(t)
+    assert "shadow threshold" in names and "class thresholds" in names and "noise percentile" in names
+    assert "ORACLE" in names
+    oracle = t["confidence: ORACLE (uses true membership)"]["accuracy"]
+    shadow = t["confidence: shadow threshold (Choquette-Choo)"]["accuracy"]
+    assert 0.5 <= shadow <= oracle + 1e-9  # an attacker's threshold never beats the oracle on the same data
+
+
+def test_balanced_and_class_thresholds():
+    r = np.random.default_rng(0)
+    inside, outside = r.normal(1, 1, 4000), r.normal(0, 1, 4000)
+    assert balanced_threshold(inside, outside) == pytest.approx(0.5, abs=0.35)
+    y_in, y_out = np.r_[np.zeros(2000, int), np.ones(2000, int)], np.r_[np.zeros(2000, int), np.ones(2000, int)]
+    inside[y_in == 1] += 3
+    outside[y_out == 1] += 3
+    thr = class_thresholds(inside, outside, y_in, y_out, 2)
+    assert thr[0] == pytest.approx(0.5, abs=0.35) and thr[1] == pytest.approx(3.5, abs=0.35)
+
+
+def test_lira_scores_by_hand():
+    phi = np.array([[2.0, 0.0], [4.0, 1.0], [0.0, 2.0], [1.0, 3.0]])
+    inside = np.array([[True, False], [True, False], [False, True], [False, True]])
+    s = lira_scores(np.array([3.0, 3.0]), phi, inside)
+    from scipy.stats import norm
+
+    # point 0: IN {2, 4} (mean 3, sd sqrt 2), OUT {0, 1}; point 1: IN {2, 3}, OUT {0, 1} (sd sqrt 0.5)
+    r2, h = np.sqrt(2), np.sqrt(0.5)
+    assert s["lira_online"][0] == pytest.approx(norm.logpdf(3, 3, r2) - norm.logpdf(3, 0.5, h))
+    assert s["lira_online"][1] == pytest.approx(norm.logpdf(3, 2.5, h) - norm.logpdf(3, 0.5, h))
+    assert s["lira_offline"][0] == pytest.approx(norm.logcdf(3, 0.5, h))
+    g_in = np.median([r2, h])
+    assert s["lira_online_fixed"][0] == pytest.approx(norm.logpdf(3, 3, g_in) - norm.logpdf(3, 0.5, h))
+    logp = np.log(np.array([[0.9, 0.1], [0.2, 0.8]]))
+    np.testing.assert_allclose(phi_from_log_probs(logp, np.array([0, 0])), [np.log(9), np.log(0.25)])
+
+
+def test_shadow_set_is_cached_and_resumes(tmp_path, digits):
+    x, y = torch.from_numpy(digits.x[:200]), torch.from_numpy(digits.y[:200])
+
+    def build():
+        return build_model("mlp", digits.input_shape, 10, width=32)
+
+    kw = dict(n_models=4, epochs=3, batch_size=32, lr=1e-3, weight_decay=0.0, seed=0, chunk=2,
+              cache_dir=tmp_path / "shadows")
+    a = shadow_set(build, x, y, **kw)
+    assert a.inside.sum(0).tolist() == [2] * 200  # every point IN for exactly half of the models
+    chunks = sorted((tmp_path / "shadows").glob("chunk-*.npz"))
+    assert len(chunks) == 2
+    chunks[1].unlink()  # as if interrupted after the first chunk
+    b = shadow_set(build, x, y, **kw)
+    np.testing.assert_allclose(a.logp, b.logp, rtol=1e-6)
