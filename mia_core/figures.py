@@ -159,3 +159,18 @@ def schematic_figure(seed: int = 0) -> go.Figure:
     fig.update_layout(title="Members sit farther from the boundary than non-members", xaxis_visible=False,
                       yaxis_visible=False, height=330, **_LAYOUT)
     return fig
+
+
+def scatter_figure(x: np.ndarray, y: np.ndarray, member: np.ndarray, *, x_title: str, y_title: str,
+                   title: str, diagonal: bool = True) -> go.Figure:
+    """Two per-sample quantities against each other, members and non-members coloured, with y = x."""
+    fig = go.Figure()
+    ok = np.isfinite(x) & np.isfinite(y)
+    for is_m, name, color in ((True, "members", MEMBER_COLOR), (False, "non-members", NONMEMBER_COLOR)):
+        sel = ok & (member == is_m)
+        fig.add_scatter(x=x[sel], y=y[sel], mode="markers", name=name, marker=dict(color=color, size=6, opacity=0.7))
+    if diagonal and ok.any():
+        hi = float(max(x[ok].max(), y[ok].max()))
+        fig.add_scatter(x=[0, hi], y=[0, hi], mode="lines", name="y = x", line=dict(color="#777", dash="dash"))
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, **_LAYOUT)
+    return fig

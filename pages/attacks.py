@@ -20,8 +20,8 @@ st.dataframe(pd.DataFrame(state.metrics_table(run.summary)), hide_index=True, wi
 @st.fragment
 def roc_panel() -> None:
     c1, c2, c3 = st.columns([3, 1, 1])
-    chosen = c1.multiselect("attacks", list(ATTACKS), default=["distance_l2", "distance_linf", "loss",
-                                                                "modified_entropy"])
+    chosen = c1.multiselect("attacks", list(ATTACKS), default=["distance_l2", "label_only_l2", "loss",
+                                                                "lira_online_fixed"])
     log = c2.toggle("log-log axes", help="Low-FPR behaviour is what matters for real attacks (Carlini et al. 2022).")
     bands = c3.toggle("95% bootstrap bands")
     curves = {a: state.roc_data(eval_dir, a) for a in chosen}
@@ -77,6 +77,15 @@ def threshold_panel() -> None:
 
 
 threshold_panel()
+
+st.subheader("Thresholds an attacker can choose")
+st.caption("Each rule is fixed without the evaluation's membership labels (shadow models, per-class shadow "
+           "thresholds, the distances of random noise), then measured on the target. The ORACLE rows pick the "
+           "threshold with the true labels: an upper bound no attacker reaches.")
+st.dataframe(pd.DataFrame([{"rule": k, **v} for k, v in run.summary.get("thresholds", {}).items()]),
+             hide_index=True, width="stretch",
+             column_config={"accuracy": st.column_config.NumberColumn(
+                 "balanced accuracy", help="(TPR + TNR) / 2 on the target's members and non-members", format="%.3f")})
 
 st.subheader("Most vulnerable records")
 st.caption("Each record's exposure is the smallest false-positive rate, over all attacks, at which a threshold "

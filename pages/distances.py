@@ -49,6 +49,22 @@ def histogram_panel(eval_dir: str) -> None:
 
 histogram_panel(str(run.eval_dir))
 
+st.subheader("Label-only against white-box distance")
+st.caption(f"The label-only search sees predicted labels only ({run.summary.get('label_only_queries_used', 0):.0f} "
+           "queries a sample on average); every point it returns is misclassified, so its distance is an upper bound "
+           "of the minimal one. Points above the diagonal: the white-box search found a closer boundary point.")
+lo_norm = st.radio("scatter norm", ["L2", "L-inf"], horizontal=True, key="scatter_norm")
+wb_key, lo_key = ("distance_l2", "label_only_l2") if lo_norm == "L2" else ("distance_linf", "label_only_linf")
+wb = np.r_[run.scores(wb_key, "members"), run.scores(wb_key, "nonmembers")]
+lo = np.r_[run.scores(lo_key, "members"), run.scores(lo_key, "nonmembers")]
+member = np.r_[np.ones(len(run.scores(wb_key, "members")), bool), np.zeros(len(run.scores(wb_key, "nonmembers")), bool)]
+st.plotly_chart(figures.scatter_figure(wb, lo, member, x_title=f"white-box distance ({lo_norm})",
+                                       y_title=f"label-only distance ({lo_norm})",
+                                       title="Each sample's distance, two ways"), width="stretch")
+st.caption(f"label-only ≥ white-box for {np.mean(lo[wb > 0] >= wb[wb > 0] * (1 - 1e-6)):.1%} of samples; "
+           f"label-only attack AUC {run.summary['attacks'][lo_key]['auc']:.3f} vs white-box "
+           f"{run.summary['attacks'][wb_key]['auc']:.3f}.")
+
 st.subheader("Per-sample explorer")
 norm = st.radio("explorer norm", ["L2", "L-inf"], horizontal=True, key="explorer_norm")
 attack = "distance_l2" if norm == "L2" else "distance_linf"

@@ -5,6 +5,7 @@ import streamlit as st
 
 from dashboard import state
 from mia_core import experiment as ex
+from mia_core.attacks import OUTPUT_MASKS
 from mia_core.data import DATASETS, DatasetError, EMBEDDED
 from mia_core.defenses import DEFAULT_STRENGTH, DEFENSE_HELP, DEFENSES
 from mia_core.distances import METHODS
@@ -32,7 +33,10 @@ with st.form("experiment"):
     method = c5.selectbox("distance search", list(METHODS), index=list(METHODS).index(d.distance_method),
                           help="deepfool: fast linearisation; fmn: Fast Minimum-Norm, tighter (starts from DeepFool).")
     weight_decay = c6.select_slider("weight decay", [0.0, 1e-5, 1e-4, 1e-3, 1e-2], value=d.weight_decay)
-    c7, c8 = st.columns(2)
+    c7, c8, c9 = st.columns(3)
+    output_mask = c9.selectbox("what the attacker's API returns", list(OUTPUT_MASKS),
+                               format_func=lambda k: f"{k}: {OUTPUT_MASKS[k]}",
+                               help="Confidence masking: label-only attacks see through it, confidence attacks do not.")
     defense = c7.selectbox("defense", list(DEFENSES), help="; ".join(f"{k}: {v}" for k, v in DEFENSE_HELP.items()))
     strength = c8.number_input("defense strength (0 = the defense's typical value)", 0.0, 1000.0, 0.0,
                                help="PGD/TRADES epsilon or beta, MMD lambda, mix-up alpha, smoothing, decay, "
@@ -42,6 +46,7 @@ with st.form("experiment"):
 config = ex.ExperimentConfig(dataset=dataset, model=model, width=int(width), members=int(members), epochs=int(epochs),
                              seed=int(seed), distance_method=method, weight_decay=float(weight_decay),
                              defense=defense, defense_strength=float(strength or DEFAULT_STRENGTH[defense]),
+                             output_mask=output_mask,
                              data_dir=data_dir if dataset not in EMBEDDED else None)
 if submitted:
     try:

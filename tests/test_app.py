@@ -93,6 +93,9 @@ def test_attacks_page_threshold_and_table(app_store):
     assert flagged <= 0.11 * (s["n_members"] + s["n_nonmembers"]) + 2
     [t for t in at.toggle if t.label == "log-log axes"][0].set_value(True).run()
     assert not at.exception
+    rules = [df.value for df in at.dataframe if "rule" in df.value.columns][0]
+    assert any("ORACLE" in r for r in rules["rule"]) and any("shadow" in r for r in rules["rule"])
+    assert set(rules["rule"]) == set(s["thresholds"])
 
 
 def test_experiment_page_trains_with_form(app_store):
