@@ -54,15 +54,23 @@ def _art(name, norm, n_classes, shape):
     from art.attacks.evasion import DeepFool, HopSkipJump
     from art.estimators.classification import PyTorchClassifier
 
+    class Float32(torch.nn.Module):  # ART's HopSkipJump feeds float64 arrays
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x.float())
+
     def run(model, x, y):
-        clf = PyTorchClassifier(model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=shape,
+        clf = PyTorchClassifier(model=Float32(model), loss=torch.nn.CrossEntropyLoss(), input_shape=shape,
                                 nb_classes=n_classes, clip_values=(0.0, 1.0), device_type="cpu")
         if name == "deepfool":
             attack = DeepFool(clf, max_iter=50, epsilon=0.02, nb_grads=n_classes, batch_size=128, verbose=False)
         else:
             attack = HopSkipJump(clf, norm=2 if norm == 2.0 else np.inf, max_iter=20, max_eval=1000, init_eval=100,
                                  verbose=False)
-        return torch.from_numpy(attack.generate(x.cpu().numpy()))
+        return torch.from_numpy(attack.generate(x.cpu().numpy().astype(np.float32)))
     return run
 
 

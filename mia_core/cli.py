@@ -9,7 +9,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from .attacks import ATTACKS
+from .attacks import ATTACKS, OUTPUT_MASKS
 from .data import DATASETS, DatasetError, download_dataset
 from .defenses import DEFAULT_STRENGTH, DEFENSE_HELP, DEFENSES
 from .distances import METHODS
@@ -68,6 +68,12 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference-scored", type=int, default=d.reference_scored,
                    help="reference samples scored for calibrated thresholds. Default: %(default)s")
     p.add_argument("--bootstrap", type=int, default=d.bootstrap_rounds, help="bootstrap rounds for intervals")
+    p.add_argument("--label-only-queries", type=int, default=d.label_only_queries,
+                   help="label queries per sample for the label-only distance. Default: %(default)s")
+    p.add_argument("--lira-shadows", type=int, default=d.lira_shadows,
+                   help="shadow models for LiRA and shadow thresholds (even). Default: %(default)s")
+    p.add_argument("--output-mask", default=d.output_mask, choices=list(OUTPUT_MASKS),
+                   help="what the attacker's API returns: " + "; ".join(f"{k}: {v}" for k, v in OUTPUT_MASKS.items()))
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda. Default: %(default)s")
     p.add_argument("--store", default=None, help="store folder for cached runs (default: $MIA_STORE or ./mia_runs)")
     p.add_argument("--out", default=None, help="also write summary.json and per_sample.csv into this folder")
@@ -80,7 +86,8 @@ def config_from_args(a: argparse.Namespace) -> ExperimentConfig:
         seed=a.seed, checkpoint=a.checkpoint, defense=a.defense,
         defense_strength=DEFAULT_STRENGTH[a.defense] if a.strength is None else a.strength,
         adv_epsilon=a.adv_epsilon, adv_norm=a.adv_norm, distance_method=a.method, distance_steps=a.steps,
-        reference_scored=a.reference_scored, bootstrap_rounds=a.bootstrap, data_dir=a.data_dir, device=a.device,
+        reference_scored=a.reference_scored, bootstrap_rounds=a.bootstrap,
+        label_only_queries=a.label_only_queries, lira_shadows=a.lira_shadows, output_mask=a.output_mask, data_dir=a.data_dir, device=a.device,
     )
 
 
@@ -102,7 +109,12 @@ def format_table(summary: dict) -> str:
         lines.append(f"{name:<18}{m['auc']:>7.3f}  [{lo:.3f}, {hi:.3f}] {t['0.001']:>8.3f}{t['0.01']:>8.3f}"
                      f"{t['0.1']:>9.3f}{m['max_advantage']:>7.3f}{cal_s:>21}")
     lines.append("")
-    lines.append("adv = max over thresholds of TPR - FPR. Calibrated: threshold set on the reference pool at 1% FPR.")
+    lines.append("adv = max over thresholds of TPR - FPR. Calibrated: threshold set on the reference pool at 1% FPR "
+                 "(LiRA has no reference scores: its points must be in the shadows' pool).")
+    lines.append("")
+    lines.append(f"{'threshold rule (chosen without membership labels, except ORACLE)':<58}{'TPR':>7}{'FPR':>7}{'bal acc':>9}")
+    for rule, v in summary.get("thresholds", {}).items():
+        lines.append(f"{rule:<58}{v['tpr']:>7.3f}{v['fpr']:>7.3f}{v['accuracy']:>9.3f}")
     return "\n".join(lines)
 
 

@@ -20,7 +20,8 @@ members = st.slider("members (training points)", 20, 250, 40, step=10,
                     help="Fewer training points make memorisation easier to see.")
 config = ex.ExperimentConfig(dataset=dataset, model="mlp", width=width, members=members, epochs=epochs,
                              weight_decay=weight_decay, batch_size=32, lr=3e-3, distance_method="deepfool",
-                             reference_scored=200, bootstrap_rounds=50, seed=0)
+                             reference_scored=200, bootstrap_rounds=50, seed=0, lira_shadows=8,
+                             label_only_queries=300)
 run = state.run_with_progress(config, "Training the 2-D model", make_current=False)
 
 

@@ -12,7 +12,7 @@ PAGES = ["pages/overview.py", "pages/experiment.py", "pages/distances.py", "page
          "pages/defenses.py", "pages/playground.py", "pages/export.py"]
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 FAST = ex.ExperimentConfig(width=64, members=150, epochs=15, bootstrap_rounds=20, reference_scored=100,
-                           distance_method="deepfool")
+                           distance_method="deepfool", lira_shadows=4, label_only_queries=300)
 
 
 @pytest.fixture(scope="module")

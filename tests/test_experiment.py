@@ -16,6 +16,7 @@ from mia_core.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--dataset", "digits", "--model", "mlp", "--width", "64", "--members", "150", "--epochs", "15",
+         "--lira-shadows", "4", "--label-only-queries", "300",
          "--bootstrap", "20", "--reference-scored", "100", "--method", "deepfool"]
 
 
@@ -51,7 +52,7 @@ def test_help_documents_every_command():
 
 def _cfg(**kw):
     base = dict(dataset="digits", width=64, members=150, epochs=15, bootstrap_rounds=20, reference_scored=100,
-                distance_method="deepfool")
+                distance_method="deepfool", lira_shadows=4, label_only_queries=300)
     return ExperimentConfig(**(base | kw))
 
 

@@ -38,7 +38,7 @@ def test_distances_on_cuda_are_verified_and_match_cpu(trained_cnn, digits, metho
 
 def test_experiment_runs_on_cuda(tmp_path):
     cfg = ExperimentConfig(width=64, members=150, epochs=15, bootstrap_rounds=20, reference_scored=100,
-                           device="cuda")
+                           device="cuda", lira_shadows=4, label_only_queries=300)
     r = run_experiment(cfg, store_root=tmp_path)
     assert r.summary["device"].startswith("cuda")
     assert r.summary["train_accuracy"] >= r.summary["test_accuracy"] > 0.8

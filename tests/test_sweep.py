@@ -15,9 +15,9 @@ from mia_core.sweep import parse_grid, run_sweep, sweep_points
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ExperimentConfig(width=32, members=100, epochs=5, bootstrap_rounds=0, reference_scored=50,
-                        distance_method="deepfool")
+                        distance_method="deepfool", lira_shadows=2, label_only_queries=200)
 ARGS = ["--width", "32", "--members", "100", "--epochs", "5", "--bootstrap", "0", "--reference-scored", "50",
-        "--method", "deepfool"]
+        "--method", "deepfool", "--lira-shadows", "2", "--label-only-queries", "200"]
 
 
 def test_parse_grid():
