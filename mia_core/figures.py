@@ -107,11 +107,14 @@ def tradeoff_figure(acc: np.ndarray, leak: np.ndarray, labels: list[str], front:
 
 def boundary_figure(xx: np.ndarray, yy: np.ndarray, prob: np.ndarray, points: np.ndarray, member: np.ndarray,
                     distance: np.ndarray) -> go.Figure:
-    """A 2-D classifier: the winning class's probability as a heat map, the decision boundary, and the
-    members / non-members sized by their distance to the boundary."""
+    """A 2-D classifier: the predicted class as a pale map, the decision boundary, and the members and
+    non-members sized by their distance to the boundary."""
     fig = go.Figure()
-    fig.add_heatmap(x=xx, y=yy, z=prob.max(-1), colorscale="Greys", showscale=False, opacity=0.35,
-                    hoverinfo="skip")
+    k = prob.shape[-1]
+    pastel = ["#CFE3F2", "#FBE3B5", "#CDEBDF", "#F6D2C0", "#EBD3E2", "#D6ECF8", "#FAF6C8", "#DDDDDD"]
+    scale = [[i / max(k - 1, 1), pastel[i % len(pastel)]] for i in range(k)]
+    fig.add_heatmap(x=xx, y=yy, z=prob.argmax(-1), colorscale=scale, zmin=0, zmax=k - 1, showscale=False,
+                    hoverinfo="skip", name="predicted class")
     fig.add_contour(x=xx, y=yy, z=prob.argmax(-1), showscale=False, contours=dict(coloring="none"),
                     line=dict(color="black", width=2), hoverinfo="skip", name="decision boundary")
     d = np.where(np.isfinite(distance), distance, 0.0)

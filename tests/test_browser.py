@@ -56,9 +56,11 @@ def server(tmp_path_factory):
 
 
 def _settle(page):
-    page.wait_for_timeout(500)
-    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=120_000)
-    page.wait_for_timeout(500)
+    """Wait until the script run has finished: no 'running' widget for two checks a second apart."""
+    for _ in range(2):
+        page.wait_for_timeout(1000)
+        page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
+                               timeout=180_000)
 
 
 def _no_exception(page, where):
@@ -85,6 +87,9 @@ def test_demo_and_every_page_in_chromium(server):
             page.get_by_role("link", name=name).first.click()
             _settle(page)
             _no_exception(page, name)
+            if name == "Playground":
+                page.get_by_text("Decision boundary").first.wait_for(timeout=180_000)
+                _settle(page)
             if name == "Distances":
                 slider = page.get_by_role("slider").first
                 slider.focus()
