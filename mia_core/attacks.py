@@ -62,8 +62,9 @@ SOFTMAX_ATTACKS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 DISTANCE_ATTACKS: dict[str, float] = {"distance_l2": 2.0, "distance_linf": math.inf}
 """Boundary-distance scores: the norm of the minimal perturbation from the true label (0 if misclassified)."""
 
-ADVERSARIAL_ATTACKS: tuple[str, ...] = ("adv_confidence",)
-"""I_A of Song, Shokri & Mittal (CCS 2019): the true-label confidence after an L-inf PGD attack."""
+ADVERSARIAL_ATTACKS: tuple[str, ...] = ("adv_confidence", "verified_confidence")
+"""Song, Shokri & Mittal (CCS 2019): I_A, the true-label confidence after an L-inf PGD attack, and I_V, the
+verified worst-case confidence by interval bound propagation (mia_core.verified; NaN where unsupported)."""
 
 LABEL_ONLY_ATTACKS: dict[str, float] = {"label_only_l2": 2.0, "label_only_linf": math.inf}
 """Decision-based boundary distances (mia_core.label_only): they see predicted labels only."""
@@ -91,6 +92,8 @@ ATTACK_HELP: dict[str, str] = {
     "gap": "1 if the model classifies the sample correctly, else 0.",
     "adv_confidence": "True-label confidence after a PGD attack of radius epsilon (Song et al. 2019's I_A; "
                       "'confidence' is their I_B).",
+    "verified_confidence": "True-label probability of the verified worst case in the epsilon-ball, by interval "
+                           "bound propagation (Song et al. 2019's I_V; not defined for resnet18).",
     "label_only_l2": "L2 distance to the boundary found from predicted labels only (HopSkipJump-style).",
     "label_only_linf": "L-inf distance to the boundary found from predicted labels only (HopSkipJump-style).",
     "lira_online": "LiRA (Carlini et al. 2022): likelihood ratio of IN vs OUT shadow-model Gaussians.",

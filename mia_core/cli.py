@@ -13,7 +13,7 @@ from .attacks import ATTACKS, OUTPUT_MASKS
 from .data import DATASETS, DatasetError, download_dataset
 from .defenses import DEFAULT_STRENGTH, DEFENSE_HELP, DEFENSES
 from .distances import METHODS
-from .experiment import ExperimentConfig, list_runs, run_experiment
+from .experiment import ExperimentConfig, best_attack, list_runs, run_experiment
 from .models import MODELS
 from .training import CheckpointError
 
@@ -143,7 +143,7 @@ def cmd_runs(a: argparse.Namespace) -> int:
     print(f"{'finished':<20}{'dataset':<10}{'model':<9}{'members':>8}{'test acc':>9}{'best AUC':>9}  folder")
     for s in runs:
         c = s["config"]
-        best = max(m["auc"] for m in s["attacks"].values())
+        best = s["attacks"][best_attack(s)]["auc"]
         print(f"{s['finished_at']:<20}{c['dataset']:<10}{c['model']:<9}{s['n_members']:>8}"
               f"{s['test_accuracy']:>9.3f}{best:>9.3f}  {s['eval_dir']}")
     return 0
@@ -161,7 +161,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
                         address=a.address, progress=LineProgress())
     print(f"{'defense':<16}{'strength':>9}{'seed':>6}{'test acc':>9}{'best AUC':>9}{'TPR@1%':>8}  reused")
     for p, (s, reused) in zip(points, results):
-        best = max(s["attacks"], key=lambda k: s["attacks"][k]["auc"])
+        best = best_attack(s)
         print(f"{p.config.defense:<16}{p.config.defense_strength:>9g}{p.config.seed:>6}{s['test_accuracy']:>9.3f}"
               f"{s['attacks'][best]['auc']:>9.3f}{s['attacks'][best]['tpr_at_fpr']['0.01']:>8.3f}  {reused}")
     return 0

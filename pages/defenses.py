@@ -60,7 +60,7 @@ measure = c2.radio("leakage metric", ["AUC", "TPR at 1% FPR"], horizontal=True)
 def leak(s: dict) -> float:
     key = (lambda m: m["auc"]) if measure == "AUC" else (lambda m: m["tpr_at_fpr"]["0.01"])
     if attack == "best attack":
-        return max(key(m) for m in s["attacks"].values())
+        return key(s["attacks"][ex.best_attack(s, key)])
     return key(s["attacks"][attack])
 
 

@@ -95,7 +95,7 @@ else:
         "width": s["config"]["width"], "members": s["n_members"], "epochs": s["config"]["epochs"],
         "seed": s["config"]["seed"], "defense": s["config"].get("defense", "none"),
         "test acc": s["test_accuracy"],
-        "best AUC": max(m["auc"] for m in s["attacks"].values()), "run": state.run_id(s["eval_dir"]),
+        "best AUC": s["attacks"][ex.best_attack(s)]["auc"], "run": state.run_id(s["eval_dir"]),
     } for s in runs])
     edited = st.data_editor(rows, hide_index=True, disabled=[c for c in rows.columns if c != "open"],
                             column_config={"open": st.column_config.CheckboxColumn("open", help="make it the current run")},

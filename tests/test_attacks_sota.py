@@ -122,3 +122,29 @@ def test_shadow_set_is_cached_and_resumes(tmp_path, digits):
     chunks[1].unlink()  # as if interrupted after the first chunk
     b = shadow_set(build, x, y, **kw)
     np.testing.assert_allclose(a.logp, b.logp, rtol=1e-6)
+
+
+def test_interval_bounds_contain_every_point_of_the_ball(trained_cnn, digits):
+    from mia_core.verified import interval_logits, verified_confidence_score
+
+    model, split = trained_cnn
+    x = torch.from_numpy(digits.x[split.nonmembers[:32]])
+    lo, hi = interval_logits(model, x, 0.05)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        xr = (x + (torch.rand(x.shape, generator=gen) * 2 - 1) * 0.05).clamp(0, 1)
+        with torch.no_grad():
+            z = model(xr)
+        assert (z >= lo - 1e-4).all() and (z <= hi + 1e-4).all()
+    y = digits.y[split.nonmembers[:32]]
+    iv = verified_confidence_score(model, x, y, eps=0.05)
+    with torch.no_grad():
+        clean = torch.softmax(model(x).double(), 1).numpy()[np.arange(32), y]
+    assert np.all(iv <= clean + 1e-9)  # the worst case is never more confident than the clean input
+    resnet = build_model("resnet18", digits.input_shape, 10).eval()
+    assert verified_confidence_score(resnet, x, y, eps=0.05) is None
+
+
+def test_verified_confidence_is_reported(overfit_runs):
+    m = overfit_runs["none"].summary["attacks"]["verified_confidence"]
+    assert 0.4 < m["auc"] < 1.0
