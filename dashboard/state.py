@@ -151,10 +151,12 @@ def vulnerability_table(eval_dir: str):
     from mia_core.metrics import vulnerability
 
     run = open_run(eval_dir)
-    ref = {a: run.scores(a, "reference") for a in ATTACKS}
+    # attacks with reference scores only (LiRA's points must be in its shadows' pool; I_V may be undefined)
+    usable = [a for a in ATTACKS if np.isfinite(run.scores(a, "reference")).any()]
+    ref = {a: run.scores(a, "reference") for a in usable}
     frames = []
     for g in ("members", "nonmembers"):
-        exposure = vulnerability({a: run.scores(a, g) for a in ATTACKS}, ref)
+        exposure = vulnerability({a: run.scores(a, g) for a in usable}, ref)
         frames.append(pd.DataFrame({"dataset index": run.arrays[f"{g}/index"], "group": g,
                                     "label": run.arrays[f"{g}/label"], "exposure (FPR)": exposure,
                                     "distance_l2": run.scores("distance_l2", g), "loss": -run.scores("loss", g)}))

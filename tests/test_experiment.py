@@ -116,3 +116,24 @@ def test_checkpoint_evaluation_and_bad_checkpoint(store, tmp_path, snapshot, dig
     r = run_experiment(_cfg(checkpoint=str(good)), store_root=store)
     # an untrained network is no better than chance on members vs non-members
     assert abs(r.summary["train_accuracy"] - r.summary["test_accuracy"]) < 0.15
+
+
+def _run_in_process(args):
+    store, seed = args
+    from mia_core.experiment import run_experiment as run
+
+    r = run(_cfg(seed=seed), store_root=store)
+    return r.summary["attacks"]["loss"]["auc"], str(r.eval_dir)
+
+
+def test_two_sessions_at_once_share_the_store_safely(store):
+    """Two processes run the same configuration into one store at the same time (as two browser sessions
+    would): both finish, agree, and the store holds one complete run, no leftovers."""
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(2) as pool:
+        (auc_a, dir_a), (auc_b, dir_b) = pool.map(_run_in_process, [(str(store), 3), (str(store), 3)])
+    assert auc_a == pytest.approx(auc_b) and dir_a == dir_b
+    runs = list_runs(store)
+    assert len(runs) == 1
+    assert not [p for p in store.rglob(".tmp-*")]
