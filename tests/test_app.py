@@ -97,7 +97,8 @@ def test_attacks_page_threshold_and_table(app_store):
     assert any("ORACLE" in r for r in rules["rule"]) and any("shadow" in r for r in rules["rule"])
     assert set(rules["rule"]) == set(s["thresholds"])
     ranking = [df.value for df in at.dataframe if "exposure (FPR)" in df.value.columns][0]
-    assert ranking["exposure (FPR)"].is_monotonic_increasing and ranking["exposure (FPR)"].nunique() > 5
+    assert ranking["exposure (FPR)"].is_monotonic_increasing and ranking["exposure (FPR)"].nunique() >= 2
+    assert ranking["exposure (FPR)"].iloc[0] < 0.05  # the most exposed records beat a 5% reference FPR
 
 
 def test_experiment_page_trains_with_form(app_store):
