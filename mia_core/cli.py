@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 
 from .attacks import ATTACKS, OUTPUT_MASKS
