@@ -96,7 +96,7 @@ def format_table(summary: dict) -> str:
         f"train accuracy {summary['train_accuracy']:.3f}   test accuracy {summary['test_accuracy']:.3f}   "
         f"members {summary['n_members']}   non-members {summary['n_nonmembers']}   device {summary['device']}",
         "",
-        f"{'attack':<18}{'AUC':>7}  {'95% CI':<15}{'TPR@0.1%':>9}{'TPR@1%':>8}{'TPR@10%':>9}{'adv':>7}"
+        f"{'attack':<21}{'AUC':>7}  {'95% CI':<15}{'TPR@0.1%':>9}{'TPR@1%':>8}{'TPR@10%':>9}{'adv':>7}"
         f"{'TPR@1% (calibrated)':>21}",
     ]
     for name in ATTACKS:
@@ -105,7 +105,7 @@ def format_table(summary: dict) -> str:
         lo, hi = m["auc_ci"]
         cal = m.get("calibrated", {}).get("0.01")
         cal_s = f"{cal['tpr']:.3f} @ FPR {cal['fpr']:.3f}" if cal else "-"
-        lines.append(f"{name:<18}{m['auc']:>7.3f}  [{lo:.3f}, {hi:.3f}] {t['0.001']:>8.3f}{t['0.01']:>8.3f}"
+        lines.append(f"{name:<21}{m['auc']:>7.3f}  [{lo:.3f}, {hi:.3f}] {t['0.001']:>8.3f}{t['0.01']:>8.3f}"
                      f"{t['0.1']:>9.3f}{m['max_advantage']:>7.3f}{cal_s:>21}")
     lines.append("")
     lines.append("adv = max over thresholds of TPR - FPR. Calibrated: threshold set on the reference pool at 1% FPR "
