@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import __version__
 from . import store as st
 from .attacks import (
     ATTACKS, LABEL_ONLY_ATTACKS, adversarial_confidence_score, distance_scores, local_variation_score,
@@ -79,6 +80,7 @@ class ExperimentConfig:
         """Hash of every field that decides the trained model, with the data's own fingerprint."""
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in (*_EVAL_FIELDS, *_UNHASHED)}
         d["data"] = dataset_fingerprint
+        d["core"] = __version__  # a new release of the algorithms never reuses an old result
         d["checkpoint"] = _file_digest(self.checkpoint) if self.checkpoint else None
         if self.checkpoint:
             for k in ("epochs", "batch_size", "lr", "weight_decay", "dropout", "defense", "defense_strength"):
@@ -86,7 +88,7 @@ class ExperimentConfig:
         return st.config_hash(d)
 
     def eval_key(self) -> str:
-        return st.config_hash({k: getattr(self, k) for k in _EVAL_FIELDS})
+        return st.config_hash({**{k: getattr(self, k) for k in _EVAL_FIELDS}, "core": __version__})
 
 
 DEFAULT_CONFIG = ExperimentConfig()
