@@ -82,12 +82,16 @@ def format_findings(by: dict[str, list[dict]], base: ExperimentConfig, seeds) ->
     if "mmd_mixup" in by:
         m = by["mmd_mixup"]
         lower = _mean(m, auc("loss")) < _mean(nat, auc("loss"))
+        lower_lira = _mean(m, auc("lira_online_fixed")) < _mean(nat, auc("lira_online_fixed"))
         small_cost = _mean(nat, acc) - _mean(m, acc) < 0.03
         rows.append((
             "4", "MMD + mix-up lowers leakage at a small accuracy cost",
             f"test acc {_ms(col(m, acc))} vs {_ms(col(nat, acc))}; loss AUC {_ms(col(m, auc('loss')))} vs "
-            f"{_ms(col(nat, auc('loss')))}; distance AUC {_ms(col(m, auc('distance_l2')))} vs {_ms(d_l2)}",
-            _verdict(lower and small_cost), "lower leakage (Li, Li & Ribeiro 2021; their numbers not quoted)"))
+            f"{_ms(col(nat, auc('loss')))}; distance AUC {_ms(col(m, auc('distance_l2')))} vs {_ms(d_l2)}; "
+            f"LiRA (online, fixed variance) AUC {_ms(col(m, auc('lira_online_fixed')))} vs "
+            f"{_ms(col(nat, auc('lira_online_fixed')))}",
+            _verdict(lower and small_cost, lower_lira and small_cost),
+            "lower leakage (Li, Li & Ribeiro 2021; their numbers not quoted)"))
     if "dp_sgd" in by:
         p = by["dp_sgd"]
         lower = _mean(p, auc("distance_l2")) < np.mean(d_l2)

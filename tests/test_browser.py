@@ -1,7 +1,8 @@
 """A real browser: Debian's Chromium driven by Playwright against the app served on 127.0.0.1.
 
 Runs the demo, visits every page, moves a slider, and checks that no page shows an exception.
-With MIA_SCREENSHOTS=DIR it also saves one screenshot per page (the README's pictures come from here).
+With MIA_SCREENSHOTS=DIR it also saves one screenshot per page (the README's pictures come from here;
+MIA_SCREENSHOT_STORE=./mia_runs starts from a copy of a store that holds the reproduction runs).
 """
 
 import os
@@ -35,7 +36,11 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     port = _free_port()
-    env = dict(os.environ, MIA_STORE=str(tmp_path_factory.mktemp("browserstore")))
+    store = tmp_path_factory.mktemp("browserstore") / "store"
+    seed_store = os.environ.get("MIA_SCREENSHOT_STORE")  # screenshots of a store with many runs (a copy)
+    if seed_store:
+        shutil.copytree(seed_store, store)
+    env = dict(os.environ, MIA_STORE=str(store))
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address",
          "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
