@@ -1,4 +1,7 @@
 import hashlib
+import shutil
+import tempfile
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -67,11 +70,20 @@ with st.expander("Load a checkpoint instead of training"):
             data = upload.getvalue()
             if len(data) > MAX_UPLOAD_MB * 2**20:
                 st.error(f"{upload.name} is {len(data) / 2**20:.0f} MB; the limit is {MAX_UPLOAD_MB} MB.")
-            else:
-                digest = hashlib.sha256(data).hexdigest()[:16]
-                target = state.store_root() / "uploads" / f"{digest}-{upload.name.replace('/', '_')}"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(data)
+            else:  # validated in a temporary file; only a readable state_dict is kept in the store
+                suffix = ".safetensors" if upload.name.endswith(".safetensors") else ".pt"
+                with tempfile.NamedTemporaryFile(suffix=suffix, delete=False) as tmp:
+                    tmp.write(data)
+                try:
+                    read_state_dict(tmp.name)
+                    digest = hashlib.sha256(data).hexdigest()[:16]
+                    target = state.store_root() / "uploads" / f"{digest}{suffix}"
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.move(tmp.name, target)
+                except CheckpointError as err:
+                    st.error(f"{upload.name}: {err}")
+                finally:
+                    Path(tmp.name).unlink(missing_ok=True)
         elif path:
             target = path
         else:

@@ -153,3 +153,38 @@ def test_defenses_page_trains_and_compares(app_store):
     assert "label_smoothing" in set(table["defense"])
     [r for r in at.radio if r.label == "leakage metric"][0].set_value("TPR at 1% FPR").run()
     assert not at.exception
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_checkpoint_upload_is_validated_and_never_unpickled(app_store, capsys):
+    import io
+
+    import torch
+
+    from mia_core.models import build_model
+
+    evil = io.BytesIO()
+    torch.save({"w": _Evil()}, evil)
+    at = _open("pages/experiment.py", app_store)
+    at.file_uploader[0].upload("model.pt", evil.getvalue()).run()
+    [b for b in at.button if b.label == "Evaluate checkpoint"][0].click().run()
+    assert not at.exception
+    assert any("not a readable checkpoint" in e.value for e in at.error), [e.value for e in at.error]
+    assert "pwned" not in capsys.readouterr().out
+    uploads = app_store / "uploads"
+    assert not uploads.exists() or not any(uploads.iterdir())  # the refused file was not kept
+
+    good = io.BytesIO()
+    torch.manual_seed(0)
+    torch.save(build_model("mlp", (1, 8, 8), 10, width=ex.DEFAULT_CONFIG.width).state_dict(), good)
+    at = _open("pages/experiment.py", app_store)
+    at.file_uploader[0].upload("model.pt", good.getvalue()).run()
+    [b for b in at.button if b.label == "Evaluate checkpoint"][0].click().run()
+    assert not at.exception, at.exception
+    assert any("Checkpoint evaluated" in s.value for s in at.success), [e.value for e in at.error]
+    assert len(list((app_store / "uploads").glob("*.pt"))) == 1
+    assert any(s["config"]["checkpoint"] for s in ex.list_runs(app_store))
