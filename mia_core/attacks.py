@@ -176,12 +176,13 @@ def mask_log_probs(logp: np.ndarray, mode: str) -> np.ndarray:
     return np.log(p)
 
 
-def local_variation_score(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: np.ndarray,
+def local_variation_score(model: nn.Module, clean_logp: np.ndarray, x_adv: torch.Tensor, y: np.ndarray,
                           distance: np.ndarray) -> np.ndarray:
     """-|loss(x_adv) - loss(x)| / ||x_adv - x||_2: an EXPERIMENTAL reading of Kadoche et al. (2022)'s
     "proxy of the total variation of a trained model near its training samples" (only their abstract was
-    available); higher = flatter around the sample. Samples without an adversarial example score -inf-free 0."""
-    lx = -loss_score(log_probabilities(model, x), y)
+    available); higher = flatter around the sample. `clean_logp` are the (unmasked) log-probabilities at x,
+    already computed by the caller. Samples with distance 0 or no adversarial example score 0."""
+    lx = -loss_score(clean_logp, y)
     la = -loss_score(log_probabilities(model, x_adv), y)
     with np.errstate(divide="ignore", invalid="ignore"):
         v = np.abs(la - lx) / distance

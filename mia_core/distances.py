@@ -233,7 +233,8 @@ def _signed_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def boundary_bisection(
-    model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, *, steps: int = 8
+    model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, *, steps: int = 8,
+    margin_at_adv: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Pull adversarial points back along the segment x -> x_adv to a crossing of the boundary.
 
@@ -244,7 +245,7 @@ def boundary_bisection(
     """
     d = x_adv - x
     hi = torch.ones(x.shape[0], device=x.device)
-    g_hi = _signed_margin(model(x_adv), y)
+    g_hi = _signed_margin(model(x_adv), y) if margin_at_adv is None else margin_at_adv
     # searches end just past the boundary: bracket [0.9, 1] where 0.9 is still clean, else [0, 1]
     g_09 = _signed_margin(model(x + 0.9 * d), y)
     start_low = g_09 < 0
@@ -265,10 +266,11 @@ def boundary_bisection(
     return x + _view(hi, d) * d
 
 
-def _refined(model, x, y, cand, found, refine_steps):
+def _refined(model, x, y, cand, found, refine_steps, margins=None):
     out = x.clone()
     if found.any():
-        out[found] = boundary_bisection(model, x[found], cand[found], y[found], steps=refine_steps)
+        out[found] = boundary_bisection(model, x[found], cand[found], y[found], steps=refine_steps,
+                                        margin_at_adv=None if margins is None else margins[found])
     return out
 
 
@@ -314,19 +316,21 @@ def search_precision(mode: str, device: torch.device) -> Iterator[None]:
 @torch.no_grad()
 def _push_out(model, x, y, cand, found, factors=(1.01, 1.05, 1.2, 1.5, 2.0)):
     """Make candidates adversarial under strict fp32: extend x -> cand along its direction (clipped to
-    the box) until the prediction flips. Returns (points, adversarial)."""
-    adv = found & _is_adversarial(model(cand), y)
+    the box) until the prediction flips. Returns (points, signed margin at each point: negative exactly
+    where it is adversarial, +inf where there is no candidate), so the refinement needs no second pass."""
+    g = torch.where(found, _signed_margin(model(cand), y), torch.inf)
     out = cand.clone()
     for f in factors:
-        todo = found & ~adv
+        todo = found & (g >= 0)
         if not todo.any():
             break
         trial = (x[todo] + f * (cand[todo] - x[todo])).clamp(0, 1)
-        ok = _is_adversarial(model(trial), y[todo])
+        g_trial = _signed_margin(model(trial), y[todo])
+        ok = g_trial < 0
         idx = todo.nonzero().squeeze(1)
         out[idx[ok]] = trial[ok]
-        adv[idx[ok]] = True
-    return out, adv
+        g[idx[ok]] = g_trial[ok]
+    return out, g
 
 
 def minimal_perturbation(
@@ -385,12 +389,14 @@ def _minimal_perturbation(model, x, norm, labels, method, steps, batch_size, ref
             xs, ys = xb[correct], y[correct]
             with search_precision(precision, device):
                 cand, found = METHODS[method](model, xs, ys, norm, steps)
-            cand, found = _push_out(model, xs, ys, cand.float(), found)
-            retry = ~found
+            cand, margins = _push_out(model, xs, ys, cand.float(), found)
+            retry = margins >= 0
             if precision != "fp32" and retry.any():  # rare: search again in strict fp32
                 cand_r, found_r = METHODS[method](model, xs[retry], ys[retry], norm, steps)
-                cand[retry], found[retry] = cand_r, found_r & _is_adversarial(model(cand_r).detach(), ys[retry])
-            x_adv[correct] = _refined(model, xs, ys, cand, found, refine_steps)
+                with torch.no_grad():
+                    g_r = _signed_margin(model(cand_r), ys[retry])
+                cand[retry], margins[retry] = cand_r, torch.where(found_r, g_r, torch.inf)
+            x_adv[correct] = _refined(model, xs, ys, cand, margins < 0, refine_steps, margins)
         with torch.no_grad():
             adv_pred = model(x_adv).argmax(1)
         out_adv.append(x_adv)

@@ -238,7 +238,8 @@ def _eval_stage(cfg, eval_dir, ds, model, split, info, device, progress) -> None
     for g, idx in groups.items():
         x = torch.from_numpy(ds.x[idx]).to(device)
         y = ds.y[idx]
-        logp = mask(log_probabilities(model, x))
+        clean_logp = log_probabilities(model, x)
+        logp = mask(clean_logp)
         arrays[f"{g}/index"], arrays[f"{g}/label"] = idx, y
         arrays[f"{g}/prediction"] = logp.argmax(1)
         arrays.update({f"{g}/{k}": v for k, v in softmax_scores(logp, y).items()})
@@ -252,7 +253,7 @@ def _eval_stage(cfg, eval_dir, ds, model, split, info, device, progress) -> None
                                                                      mask=cfg.output_mask)
         iv = verified_confidence_score(model, x, y, eps=cfg.adv_epsilon)
         arrays[f"{g}/verified_confidence"] = np.full(len(y), np.nan) if iv is None else iv
-        arrays[f"{g}/local_variation"] = local_variation_score(model, x, perts["distance_l2"].x_adv, y,
+        arrays[f"{g}/local_variation"] = local_variation_score(model, clean_logp, perts["distance_l2"].x_adv, y,
                                                                dist["distance_l2"])
         for name, norm in LABEL_ONLY_ATTACKS.items():
             if progress:

@@ -18,7 +18,8 @@ RANGES = {"pgd_at": (0.0, 0.3, 0.02), "trades": (0.0, 6.0, 0.5), "mmd_mixup": (0
           "dropout": (0.0, 0.8, 0.05), "early_stopping": (1.0, 30.0, 1.0), "dp_sgd": (0.3, 5.0, 0.1)}
 
 with st.expander("Train defended models", expanded=False):
-    base = state.current_run().config if state.current_run() else ex.DEFAULT_CONFIG
+    opened = state.current_run()
+    base = opened.config if opened else ex.DEFAULT_CONFIG
     base = ex.ExperimentConfig(**{**base.__dict__, "checkpoint": None})
     st.write("Base experiment: " + state.describe(base))
     chosen = st.multiselect("defenses", [d for d in DEFENSES if d != "none"], default=["pgd_at", "mmd_mixup"],
