@@ -34,7 +34,8 @@ with st.form("experiment"):
     c4, c5, c6 = st.columns(3)
     seed = c4.number_input("seed", 0, 10_000, d.seed)
     method = c5.selectbox("distance search", list(METHODS), index=list(METHODS).index(d.distance_method),
-                          help="deepfool: fast linearisation; fmn: Fast Minimum-Norm, tighter (starts from DeepFool).")
+                          help="deepfool: fastest linearisation; superdeepfool: DeepFool with boundary projections, tighter; "
+                               "fmn: Fast Minimum-Norm from the SuperDeepFool point, the tightest.")
     weight_decay = c6.select_slider("weight decay", [0.0, 1e-5, 1e-4, 1e-3, 1e-2], value=d.weight_decay)
     c7, c8, c9 = st.columns(3)
     output_mask = c9.selectbox("what the attacker's API returns", list(OUTPUT_MASKS),
