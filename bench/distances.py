@@ -56,7 +56,7 @@ def main() -> None:
     device = pick_device(a.device)
     print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor() or 'cpu'}),"
           f" torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'model':<13}{'norm':<6}{'method':<10}{'samples/s':>10}{'success':>9}{'median':>9}{'vs best':>9}")
+    print(f"{'model':<13}{'norm':<6}{'method':<14}{'samples/s':>10}{'success':>9}{'median':>9}{'vs best':>9}")
     for setup in a.models.split(","):
         model, x = trained(setup, device)
         x = x[: a.samples]
@@ -75,7 +75,7 @@ def main() -> None:
             for method, (dt, res) in results.items():
                 ok = res.success & np.isfinite(best) & (best > 0)
                 rel = np.median(res.norms[ok] / best[ok]) if ok.any() else float("nan")
-                print(f"{setup:<13}{'L2' if norm == 2 else 'Linf':<6}{method:<10}{len(x) / dt:>10.1f}"
+                print(f"{setup:<13}{'L2' if norm == 2 else 'Linf':<6}{method:<14}{len(x) / dt:>10.1f}"
                       f"{res.success.mean():>9.3f}{np.median(res.norms):>9.4f}{rel:>9.3f}")
 
 

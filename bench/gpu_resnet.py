@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mia_core.distances import minimal_perturbation  # noqa: E402
+from mia_core.distances import METHODS, minimal_perturbation  # noqa: E402
 from mia_core.models import build_model  # noqa: E402
 from mia_core.training import TrainConfig, train  # noqa: E402
 
@@ -29,7 +29,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--batch-size", type=int, default=1000)
-    ap.add_argument("--methods", default="deepfool,fmn")
+    ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--precisions", default="tf32,bf16", help="search arithmetic; verification is always fp32")
     a = ap.parse_args()
     dev = torch.device("cuda")
@@ -56,7 +56,7 @@ def main() -> None:
     per_sample = (time.perf_counter() - t0) / 10 / a.batch_size
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; one forward+backward: "
           f"{per_sample * 1e6:.2f} us/sample at batch {a.batch_size}")
-    print(f"{'method':<10}{'search':<7}{'norm':<6}{'seconds':>9}{'samples/s':>11}{'success':>9}{'median':>9}{'passes/sample':>15}"
+    print(f"{'method':<14}{'search':<7}{'norm':<6}{'seconds':>9}{'samples/s':>11}{'success':>9}{'median':>9}{'passes/sample':>15}"
           f"{'floor frac':>12}")
     for method in a.methods.split(","):
         for precision in a.precisions.split(","):
@@ -70,7 +70,7 @@ def main() -> None:
                 torch.cuda.synchronize()
                 dt = time.perf_counter() - t0
                 floor = passes["fwd"] * per_sample
-                print(f"{method:<10}{precision:<7}{'L2' if norm == 2 else 'Linf':<6}{dt:>9.2f}{a.n / dt:>11.0f}{res.success.mean():>9.3f}"
+                print(f"{method:<14}{precision:<7}{'L2' if norm == 2 else 'Linf':<6}{dt:>9.2f}{a.n / dt:>11.0f}{res.success.mean():>9.3f}"
                       f"{np.median(res.norms):>9.4f}{passes['fwd'] / a.n:>15.1f}{floor / dt:>12.2f}")
 
 

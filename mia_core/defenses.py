@@ -323,7 +323,7 @@ def train_dp_sgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: 
             loss = F.cross_entropy(private(xb), yb)
             loss.backward()
             opt.step()
-            total += float(loss) * len(xb)
+            total += float(loss.detach()) * len(xb)
             seen += len(xb)
         losses.append(total / max(seen, 1))
         if progress:

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from mia_core.distances import PRECISIONS, minimal_perturbation, strict_float32
+from mia_core.distances import METHODS, PRECISIONS, minimal_perturbation, strict_float32
 from mia_core.experiment import ExperimentConfig, run_experiment
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 
-@pytest.mark.parametrize("method", ["deepfool", "fmn"])
+@pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("norm", [2.0, math.inf])
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_distances_on_cuda_are_verified_and_match_cpu(trained_cnn, digits, method, norm, precision):
