@@ -11,9 +11,10 @@ st.title("Distances to the decision boundary")
 run = state.require_run()
 st.caption(state.describe(run.config) + f" · search: {run.config.distance_method}")
 
-c1, c2 = st.columns([1, 3])
+c1, _ = st.columns([2, 3])
 method = c1.radio("search", list(METHODS), index=list(METHODS).index(run.config.distance_method), horizontal=True,
-                  help="Switching computes the other search on the same trained model (once; then it is stored).")
+                  help="deepfool is the fastest, superdeepfool tighter, fmn the tightest. Switching computes that "
+                       "search on the same trained model (once; then it is stored).")
 if method != run.config.distance_method:
     run = state.run_with_progress(ex.ExperimentConfig(**{**run.config.__dict__, "distance_method": method}),
                                   f"Computing {method} distances")
