@@ -169,12 +169,13 @@ def cmd_sweep(a: argparse.Namespace) -> int:
 def cmd_reproduce(a: argparse.Namespace) -> int:
     from .reproduce import reproduce, write_into_readme
 
-    table = reproduce(config_from_args(a), seeds=[int(s) for s in a.seeds.split(",")],
+    base = config_from_args(a)
+    table = reproduce(base, seeds=[int(s) for s in a.seeds.split(",")],
                       store_root=a.store or "mia_runs", executor=a.executor, workers=a.workers,
                       progress=LineProgress())
     print(table)
     if a.readme:
-        write_into_readme(table, a.readme)
+        write_into_readme(table, a.readme, base.dataset)
         print(f"\nwritten into {a.readme}", file=sys.stderr)
     return 0
 

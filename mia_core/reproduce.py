@@ -29,7 +29,6 @@ SONG_REFERENCE = {  # membership inference accuracy I_B / I_A, Song, Shokri & Mi
     "pgd_at": "CIFAR-10 74.9 / 75.7; F-MNIST 58.3 / 64.5",
     "trades": "CIFAR-10 61.2 / 67.1",
 }
-START, END = "<!-- reproduce:start -->", "<!-- reproduce:end -->"
 
 
 def _ms(values, pct: bool = False) -> str:
@@ -103,8 +102,8 @@ def format_findings(by: dict[str, list[dict]], base: ExperimentConfig, seeds) ->
     head = (f"Measured on `{base.dataset}`, `{base.model}` (width {base.width}), {base.members} members and as many "
             f"non-members, {base.epochs} epochs, seeds {list(seeds)}: mean ± std over seeds. Attack accuracies are "
             "ORACLE accuracies (threshold chosen on the evaluation itself), the metric Song et al. report; AUCs are "
-            "threshold-free. The scale differs from the papers (8x8 digits and a small MLP, not CIFAR-10 and wide "
-            "ResNets): compare directions, not magnitudes.")
+            f"threshold-free. The scale differs from the papers ({base.dataset} and a small {base.model}, not CIFAR-10 "
+            "and wide ResNets): compare directions, not magnitudes.")
     table = ["| # | finding | measured here | holds here? | papers' reference |", "|---|---|---|---|---|"]
     table += ["| " + " | ".join(r) + " |" for r in rows]
     return head + "\n\n" + "\n".join(table)
@@ -122,13 +121,20 @@ def reproduce(base: ExperimentConfig = DEFAULT_CONFIG, *, seeds=(0, 1, 2), store
     return format_findings(by, base, seeds)
 
 
-def write_into_readme(table: str, readme: str | Path) -> None:
-    """Replace the text between the reproduce markers in the README (appending them if absent)."""
+def readme_markers(dataset: str) -> tuple[str, str]:
+    """The README markers a dataset's table lives between: the default data set's are the plain ones."""
+    tag = "reproduce" if dataset == DEFAULT_CONFIG.dataset else f"reproduce-{dataset}"
+    return f"<!-- {tag}:start -->", f"<!-- {tag}:end -->"
+
+
+def write_into_readme(table: str, readme: str | Path, dataset: str = DEFAULT_CONFIG.dataset) -> None:
+    """Replace the text between the dataset's reproduce markers in the README (appending them if absent)."""
+    start, end = readme_markers(dataset)
     path = Path(readme)
     text = path.read_text() if path.exists() else ""
-    block = f"{START}\n{table}\n{END}"
-    if START in text and END in text:
-        text = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    block = f"{start}\n{table}\n{end}"
+    if start in text and end in text:
+        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)

@@ -88,3 +88,9 @@ def test_findings_table_and_readme_markers(tmp_path):
     write_into_readme(table, readme)
     text = readme.read_text()
     assert "STALE TABLE" not in text and "tail" in text and text.count("reproduce:start") == 1 and "| 3 |" in text
+    # another data set's table gets its own markers and leaves the default one alone
+    write_into_readme("MNIST TABLE", readme, "mnist5k")
+    write_into_readme("MNIST TABLE 2", readme, "mnist5k")
+    text = readme.read_text()
+    assert text.count("reproduce-mnist5k:start") == 1 and "MNIST TABLE 2" in text and "MNIST TABLE\n" not in text
+    assert "| 3 |" in text and "tail" in text
