@@ -62,7 +62,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None,
                    help="evaluate this state_dict (.safetensors, or .pt via weights_only) instead of training")
     p.add_argument("--method", default=d.distance_method, choices=list(METHODS),
-                   help="minimal-perturbation search. Default: %(default)s")
+                   help="minimal-perturbation search: deepfool (fastest), superdeepfool (tighter), fmn (tightest, "
+                        "started from superdeepfool). Default: %(default)s")
     p.add_argument("--steps", type=int, default=None, help="iterations of the search (default: the method's own)")
     p.add_argument("--reference-scored", type=int, default=d.reference_scored,
                    help="reference samples scored for calibrated thresholds. Default: %(default)s")
