@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .models import search_model
+
 
 @dataclass(frozen=True)
 class LabelOnlyResult:
@@ -89,19 +91,20 @@ def label_only_distance(
     gen = torch.Generator(device="cpu").manual_seed(seed)
     y_all = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y).to(device)
     norms, succ, advs, queries = [], [], [], []
+    oracle_model = search_model(model, x)  # queried during the search; the final verdicts use `model`
     for s in range(0, len(x), batch_size):
         xb = x[s : s + batch_size].to(device, torch.float32)
         yb = y_all[s : s + batch_size]
-        r = _search_batch(model, xb, yb, norm, max_queries, probes, search_steps, gen)
+        r = _search_batch(model, oracle_model, xb, yb, norm, max_queries, probes, search_steps, gen)
         norms.append(r[0]), succ.append(r[1]), advs.append(r[2]), queries.append(r[3])
     model.train(was_training)
     return LabelOnlyResult(np.concatenate(norms), np.concatenate(succ), torch.cat(advs).to(x.device),
                            np.concatenate(queries))
 
 
-def _search_batch(model, x, y, p, max_queries, probes, search_steps, gen):
+def _search_batch(model, oracle_model, x, y, p, max_queries, probes, search_steps, gen):
     n, dim = len(x), x[0].numel()
-    oracle = _Oracle(model, n, x.device)
+    oracle = _Oracle(oracle_model, n, x.device)
     everyone = torch.arange(n, device=x.device)
     wrong = oracle.is_adversarial(x, y, everyone)
     # 1. a misclassified starting point: uniform noise, drawn until the label differs

@@ -30,9 +30,10 @@ def test_lira_beats_the_global_loss_threshold_at_low_fpr(overfit_runs):
     assert a["lira_offline"]["auc"] > 0.55
 
 
-def test_label_only_distance_bounds_the_white_box_distance(trained_mlp, digits):
-    model, split = trained_mlp
-    idx = split.nonmembers[:150]
+@pytest.mark.parametrize("net", ["trained_mlp", "trained_cnn"])
+def test_label_only_distance_bounds_the_white_box_distance(request, digits, net):
+    model, split = request.getfixturevalue(net)
+    idx = split.nonmembers[:150 if net == "trained_mlp" else 60]
     x, y = torch.from_numpy(digits.x[idx]), torch.from_numpy(digits.y[idx])
     for norm in (2.0, math.inf):
         wb = minimal_perturbation(model, x, norm=norm, labels=y, method="fmn")
