@@ -106,7 +106,7 @@ def _candidate_classes(logits: torch.Tensor, y: torch.Tensor, candidates: int) -
 
 
 def _box_blocked(w: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
-    """Zero the components of directions `w` [C, B, *] that would push a pixel of `at` [B, *] out of [0, 1]."""
+    """Zero the components of step directions `w` that would push a pixel of `at` (broadcast) out of [0, 1]."""
     return torch.where(((at <= 0) & (w < 0)) | ((at >= 1) & (w > 0)), 0.0, w)
 
 
@@ -167,8 +167,10 @@ def deepfool(
         # at the point a step starts from are dropped.
         w = _box_blocked(w, torch.where(_view(crossed, x0), x0, xk)[None])
         w_norm = w.flatten(2).norm(p=_dual(norm), dim=2).clamp_min(1e-12)  # [C-1, B]
-        tangent = (w * (xk - x0)).flatten(2).sum(2) - f
-        value = torch.where(crossed, tangent.clamp_min(0), f.abs() + 1e-4)
+        value = f.abs() + 1e-4
+        if crossed.any():  # only with projections: plain DeepFool has dropped its crossed samples
+            tangent = (w * (xk - x0)).flatten(2).sum(2) - f
+            value = torch.where(crossed, tangent.clamp_min(0), value)
         k = torch.where(crossed, 0, (value / w_norm).argmin(0))
         rows = torch.arange(active.numel(), device=x.device)
         wk, vk, nk = w[k, rows], value[k, rows], w_norm[k, rows]
@@ -225,7 +227,7 @@ def fmn(
         m = m.detach()
         # Directions that would leave the [0, 1] box are blocked: drop them, or the search stalls at the box.
         xa = xa.detach()
-        grad = torch.where(((xa <= 0) & (grad > 0)) | ((xa >= 1) & (grad < 0)), 0.0, grad)
+        grad = -_box_blocked(-grad, xa)  # FMN steps along -grad
         is_adv = _is_adversarial(logits.detach(), y)
         d_norm = _flat_norm(delta, norm)
         better = is_adv & (d_norm < best_norm)
