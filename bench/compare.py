@@ -21,10 +21,9 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench" / ".compare-env"))
+sys.path.insert(0, str(ROOT / "bench" / ".compare-env"))  # the compared libraries, apart from the app's venv
 
-from bench.distances import trained  # noqa: E402
+from distances import trained  # noqa: E402  (bench/distances.py, beside this file)
 from mia_core.distances import minimal_perturbation  # noqa: E402
 from mia_core.models import pick_device  # noqa: E402
 

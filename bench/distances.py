@@ -11,19 +11,15 @@ from __future__ import annotations
 import argparse
 import math
 import platform
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mia_core.data import load_dataset, make_split  # noqa: E402
-from mia_core.distances import METHODS, minimal_perturbation  # noqa: E402
-from mia_core.models import build_model, pick_device  # noqa: E402
-from mia_core.training import TrainConfig, train  # noqa: E402
+from mia_core.data import load_dataset, make_split
+from mia_core.distances import SEARCHES, minimal_perturbation
+from mia_core.models import build_model, pick_device
+from mia_core.training import TrainConfig, train
 
 SETUPS = {  # name: (dataset, model, width, members, epochs)
     "digits-mlp": ("digits", "mlp", 256, 500, 60),
@@ -62,7 +58,7 @@ def main() -> None:
         x = x[: a.samples]
         for norm in (2.0, math.inf):
             results = {}
-            for method in METHODS:
+            for method in SEARCHES:
                 minimal_perturbation(model, x[:16], norm=norm, method=method)  # warm-up
                 if device.type == "cuda":
                     torch.cuda.synchronize()

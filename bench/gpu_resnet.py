@@ -11,25 +11,21 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mia_core.distances import METHODS, minimal_perturbation  # noqa: E402
-from mia_core.models import build_model  # noqa: E402
-from mia_core.training import TrainConfig, train  # noqa: E402
+from mia_core.distances import SEARCHES, minimal_perturbation
+from mia_core.models import build_model
+from mia_core.training import TrainConfig, train
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--batch-size", type=int, default=1000)
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=",".join(SEARCHES))
     ap.add_argument("--precisions", default="tf32,bf16", help="search arithmetic; verification is always fp32")
     a = ap.parse_args()
     dev = torch.device("cuda")

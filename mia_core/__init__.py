@@ -3,4 +3,4 @@
 Plain Python and PyTorch; the Streamlit app and the CLI are thin layers over it.
 """
 
-__version__ = "0.3.1"  # part of every store key: bump when results would change
+__version__ = "0.4.0"  # part of every store key: bump when results would change

@@ -1,22 +1,38 @@
-"""Membership scores: one number per sample, higher meaning "more likely a member".
+"""Membership attacks: one number per sample, higher meaning "more likely a member", in one registry.
 
-Classic signals from the model's softmax (Yeom et al. 2018; Song & Mittal, USENIX Security 2021) and the
-boundary distance (Li & Zhang 2021; Choquette-Choo et al. 2021; Kadoche et al. 2022).
+Each attack is an `AttackSpec` whose `score(ctx)` reads what it needs from a scoring context (the model, the
+group's inputs and labels, its masked log-probabilities, and lazily computed shared work: minimal
+perturbations, label-only searches, shadow models); see `mia_core.evaluation.GroupScoring`. Adding an attack is
+one `ATTACKS.register(AttackSpec(...))`: the CLI table, the stored run and the app's pages read the registry.
+
+Classic signals from the model's softmax (Yeom et al. 2018; Song & Mittal, USENIX Security 2021), the
+boundary distance (Li & Zhang 2021; Choquette-Choo et al. 2021; Kadoche et al. 2022), the adversarial
+signals of Song, Shokri & Mittal (CCS 2019), and LiRA (Carlini et al., S&P 2022).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
+from .adversarial import pgd
 from .distances import Perturbation, minimal_perturbation
-from .training import predict_logits
+from .probabilities import OUTPUT_MASKS, log_probabilities, mask_log_probs, precise_log_softmax  # noqa: F401
+from .registry import Registry
+from .verified import verified_confidence_score
+
+if TYPE_CHECKING:
+    from .evaluation import GroupScoring
 
 _EPS = 1e-12
+
+
+# ----------------------------------------------------------------------------- score functions
 
 
 def loss_score(logp: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -51,7 +67,7 @@ def gap_score(logp: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (logp.argmax(axis=1) == y).astype(np.float64)
 
 
-SOFTMAX_ATTACKS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+SOFTMAX_SCORES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "loss": loss_score,
     "confidence": confidence_score,
     "entropy": entropy_score,
@@ -59,74 +75,10 @@ SOFTMAX_ATTACKS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "gap": gap_score,
 }
 
-DISTANCE_ATTACKS: dict[str, float] = {"distance_l2": 2.0, "distance_linf": math.inf}
-"""Boundary-distance scores: the norm of the minimal perturbation from the true label (0 if misclassified)."""
-
-ADVERSARIAL_ATTACKS: tuple[str, ...] = ("adv_confidence", "verified_confidence")
-"""Song, Shokri & Mittal (CCS 2019): I_A, the true-label confidence after an L-inf PGD attack, and I_V, the
-verified worst-case confidence by interval bound propagation (mia_core.verified; NaN where unsupported)."""
-
-LABEL_ONLY_ATTACKS: dict[str, float] = {"label_only_l2": 2.0, "label_only_linf": math.inf}
-"""Decision-based boundary distances (mia_core.label_only): they see predicted labels only."""
-
-LIRA_ATTACKS: tuple[str, ...] = ("lira_online", "lira_online_fixed", "lira_offline", "lira_offline_fixed")
-
-ATTACKS: tuple[str, ...] = (*DISTANCE_ATTACKS, *LABEL_ONLY_ATTACKS, *SOFTMAX_ATTACKS, *ADVERSARIAL_ATTACKS,
-                            *LIRA_ATTACKS, "local_variation")
-LABEL_ONLY = ("gap", *LABEL_ONLY_ATTACKS)
-"""Attacks that need nothing but the predicted label: output masking cannot hide from them."""
-
-OUTPUT_MASKS: dict[str, str] = {
-    "none": "the full probability vector",
-    "label": "the top-1 label only",
-    "round2": "probabilities rounded to 2 decimals",
-}
-
-ATTACK_HELP: dict[str, str] = {
-    "distance_l2": "L2 norm of the smallest change that flips the prediction (0 if already wrong).",
-    "distance_linf": "L-inf norm of the smallest change that flips the prediction (0 if already wrong).",
-    "loss": "Negative cross-entropy loss on the true label.",
-    "confidence": "Softmax probability of the true label.",
-    "entropy": "Negative entropy of the softmax output (label-free).",
-    "modified_entropy": "Negative modified entropy of Song & Mittal 2021 (uses the true label).",
-    "gap": "1 if the model classifies the sample correctly, else 0.",
-    "adv_confidence": "True-label confidence after a PGD attack of radius epsilon (Song et al. 2019's I_A; "
-                      "'confidence' is their I_B).",
-    "verified_confidence": "True-label probability of the verified worst case in the epsilon-ball, by interval "
-                           "bound propagation (Song et al. 2019's I_V; not defined for resnet18).",
-    "label_only_l2": "L2 distance to the boundary found from predicted labels only (HopSkipJump-style).",
-    "label_only_linf": "L-inf distance to the boundary found from predicted labels only (HopSkipJump-style).",
-    "lira_online": "LiRA (Carlini et al. 2022): likelihood ratio of IN vs OUT shadow-model Gaussians.",
-    "lira_online_fixed": "LiRA online with one global variance (steadier with few shadows).",
-    "lira_offline": "LiRA offline: how far above the OUT shadow-model Gaussian (no IN models needed).",
-    "lira_offline_fixed": "LiRA offline with one global variance.",
-    "local_variation": "This project's reading of Kadoche et al. 2022: minus the loss change from x to its "
-                       "minimal adversarial example per unit of L2 distance (flatter = more member-like).",
-}
-
-
-def precise_log_softmax(logits: torch.Tensor) -> torch.Tensor:
-    """log p_k = -softplus(logsumexp_{j != k}(z_j - z_k)), in float64.
-
-    Unlike z_k - logsumexp(z), this keeps tiny losses distinct on a saturated model (log p_y of -1e-18
-    and -1e-22 do not both round to 0), so confident members still rank by their loss.
-    """
-    z = logits.double()
-    diff = z[:, None, :] - z[:, :, None]  # [N, k, j] = z_j - z_k
-    diff.diagonal(dim1=1, dim2=2).fill_(-torch.inf)
-    return -torch.nn.functional.softplus(torch.logsumexp(diff, dim=2))
-
-
-def log_probabilities(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1024) -> np.ndarray:
-    """Precise log-softmax outputs [N, K] in float64 (see precise_log_softmax)."""
-    logits = predict_logits(model, x)
-    return torch.cat([precise_log_softmax(logits[i : i + batch_size]) for i in range(0, len(logits), batch_size)]
-                     ).cpu().numpy() if len(logits) else np.zeros((0, 0))
-
 
 def softmax_scores(logp: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
     """Every softmax attack's score for samples with log-probabilities `logp` and true labels `y`."""
-    return {name: fn(logp, y) for name, fn in SOFTMAX_ATTACKS.items()}
+    return {name: fn(logp, y) for name, fn in SOFTMAX_SCORES.items()}
 
 
 def distance_scores(
@@ -135,7 +87,7 @@ def distance_scores(
 ) -> tuple[dict[str, np.ndarray], dict[str, Perturbation]]:
     """distance_l2 and distance_linf scores (and the perturbations behind them) from the true labels."""
     scores, perts = {}, {}
-    for name, norm in DISTANCE_ATTACKS.items():
+    for name, norm in (("distance_l2", 2.0), ("distance_linf", math.inf)):
         pert = minimal_perturbation(model, x, norm=norm, labels=torch.as_tensor(y), method=method, steps=steps,
                                     progress=progress)
         scores[name], perts[name] = pert.norms, pert
@@ -146,8 +98,6 @@ def adversarial_confidence_score(model: nn.Module, x: torch.Tensor, y: np.ndarra
                                  steps: int = 20, batch_size: int = 512, mask: str = "none") -> np.ndarray:
     """p_y(x') with x' an untargeted L-inf PGD attack on the cross-entropy started at x: 20 steps of size
     2.5 eps / 20, clipped to [0, 1] (Song, Shokri & Mittal, CCS 2019, inference on adversarial inputs)."""
-    from .defenses import pgd
-
     device = next(model.parameters()).device
     yt = torch.as_tensor(y, device=device)
     out = []
@@ -158,22 +108,6 @@ def adversarial_confidence_score(model: nn.Module, x: torch.Tensor, y: np.ndarra
             logp = mask_log_probs(precise_log_softmax(model(xa)).cpu().numpy(), mask)
         out.append(confidence_score(logp, yb.cpu().numpy()))
     return np.concatenate(out) if out else np.zeros(0)
-
-
-def mask_log_probs(logp: np.ndarray, mode: str) -> np.ndarray:
-    """What an attacker sees through an API that masks its outputs (see OUTPUT_MASKS), as log-probabilities."""
-    if mode == "none":
-        return logp
-    k = logp.shape[-1]
-    if mode == "label":
-        p = np.full(logp.shape, 1e-6 / (k - 1))
-        np.put_along_axis(p, logp.argmax(-1)[..., None], 1 - 1e-6, axis=-1)
-    elif mode == "round2":
-        p = np.maximum(np.round(np.exp(logp), 2), 1e-4)
-        p = p / p.sum(-1, keepdims=True)
-    else:
-        raise ValueError(f"Unknown output mask '{mode}'. Choose one of {', '.join(OUTPUT_MASKS)}.")
-    return np.log(p)
 
 
 def local_variation_score(model: nn.Module, clean_logp: np.ndarray, x_adv: torch.Tensor, y: np.ndarray,
@@ -187,3 +121,94 @@ def local_variation_score(model: nn.Module, clean_logp: np.ndarray, x_adv: torch
     with np.errstate(divide="ignore", invalid="ignore"):
         v = np.abs(la - lx) / distance
     return np.where(np.isfinite(v), -v, 0.0)
+
+
+# ----------------------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """A membership attack. `score(ctx)` returns one float per sample of the context's group (NaN where it is
+    undefined). `label_only`: needs nothing but predicted labels, so output masking cannot hide from it.
+    `needs_shadows`: scores exist only for points in the shadow models' pool (members and non-members), so
+    there are no reference scores and no threshold calibrated on them."""
+
+    name: str
+    title: str
+    family: str
+    help: str
+    score: Callable[["GroupScoring"], np.ndarray]
+    label_only: bool = False
+    needs_shadows: bool = False
+
+    @property
+    def has_reference_scores(self) -> bool:
+        return not self.needs_shadows
+
+
+FAMILIES = ("boundary distance", "label-only", "softmax", "adversarial", "shadow models", "experimental")
+
+ATTACKS: Registry[AttackSpec] = Registry("attack")
+
+
+def _softmax(name: str) -> Callable[["GroupScoring"], np.ndarray]:
+    return lambda ctx: SOFTMAX_SCORES[name](ctx.logp, ctx.y)
+
+
+def _verified(ctx: "GroupScoring") -> np.ndarray:
+    iv = verified_confidence_score(ctx.model, ctx.x, ctx.y, eps=ctx.config.adv_epsilon)
+    return np.full(len(ctx.y), np.nan) if iv is None else iv
+
+
+def _local_variation(ctx: "GroupScoring") -> np.ndarray:
+    p = ctx.perturbation(2.0)
+    return local_variation_score(ctx.model, ctx.clean_logp, p.x_adv, ctx.y, p.norms)
+
+
+for _spec in (
+    AttackSpec("distance_l2", "Boundary distance (L2)", "boundary distance",
+               "L2 norm of the smallest change that flips the prediction (0 if already wrong).",
+               lambda ctx: ctx.perturbation(2.0).norms),
+    AttackSpec("distance_linf", "Boundary distance (L-inf)", "boundary distance",
+               "L-inf norm of the smallest change that flips the prediction (0 if already wrong).",
+               lambda ctx: ctx.perturbation(math.inf).norms),
+    AttackSpec("label_only_l2", "Label-only distance (L2)", "label-only",
+               "L2 distance to the boundary found from predicted labels only (HopSkipJump-style).",
+               lambda ctx: ctx.label_only(2.0).norms, label_only=True),
+    AttackSpec("label_only_linf", "Label-only distance (L-inf)", "label-only",
+               "L-inf distance to the boundary found from predicted labels only (HopSkipJump-style).",
+               lambda ctx: ctx.label_only(math.inf).norms, label_only=True),
+    AttackSpec("loss", "Loss", "softmax", "Negative cross-entropy loss on the true label.", _softmax("loss")),
+    AttackSpec("confidence", "Confidence (I_B)", "softmax", "Softmax probability of the true label.",
+               _softmax("confidence")),
+    AttackSpec("entropy", "Entropy", "softmax", "Negative entropy of the softmax output (label-free).",
+               _softmax("entropy")),
+    AttackSpec("modified_entropy", "Modified entropy", "softmax",
+               "Negative modified entropy of Song & Mittal 2021 (uses the true label).", _softmax("modified_entropy")),
+    AttackSpec("gap", "Gap (correct or not)", "softmax", "1 if the model classifies the sample correctly, else 0.",
+               _softmax("gap"), label_only=True),
+    AttackSpec("adv_confidence", "Adversarial confidence (I_A)", "adversarial",
+               "True-label confidence after a PGD attack of radius epsilon (Song et al. 2019's I_A; "
+               "'confidence' is their I_B).",
+               lambda ctx: adversarial_confidence_score(ctx.model, ctx.x, ctx.y, eps=ctx.config.adv_epsilon,
+                                                        mask=ctx.config.output_mask)),
+    AttackSpec("verified_confidence", "Verified confidence (I_V)", "adversarial",
+               "True-label probability of the verified worst case in the epsilon-ball, by interval bound "
+               "propagation (Song et al. 2019's I_V; not defined for resnet18).", _verified),
+    AttackSpec("lira_online", "LiRA online", "shadow models",
+               "LiRA (Carlini et al. 2022): likelihood ratio of IN vs OUT shadow-model Gaussians.",
+               lambda ctx: ctx.lira("lira_online"), needs_shadows=True),
+    AttackSpec("lira_online_fixed", "LiRA online, fixed variance", "shadow models",
+               "LiRA online with one global variance (steadier with few shadows).",
+               lambda ctx: ctx.lira("lira_online_fixed"), needs_shadows=True),
+    AttackSpec("lira_offline", "LiRA offline", "shadow models",
+               "LiRA offline: how far above the OUT shadow-model Gaussian (no IN models needed).",
+               lambda ctx: ctx.lira("lira_offline"), needs_shadows=True),
+    AttackSpec("lira_offline_fixed", "LiRA offline, fixed variance", "shadow models",
+               "LiRA offline with one global variance.",
+               lambda ctx: ctx.lira("lira_offline_fixed"), needs_shadows=True),
+    AttackSpec("local_variation", "Local variation (experimental)", "experimental",
+               "This project's reading of Kadoche et al. 2022: minus the loss change from x to its minimal "
+               "adversarial example per unit of L2 distance (flatter = more member-like).", _local_variation),
+):
+    ATTACKS.register(_spec)

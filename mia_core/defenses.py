@@ -15,63 +15,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .adversarial import pgd, robust_accuracy  # noqa: F401  (robust_accuracy re-exported)
+from .registry import Registry
 from .training import accuracy, cross_entropy_step
-
-
-# ----------------------------------------------------------------------------- adversarial examples
-
-
-def pgd(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    eps: float,
-    norm: str = "linf",
-    steps: int = 10,
-    step_size: float | None = None,
-    random_start: bool = True,
-    loss_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """Projected gradient ascent on the cross-entropy (or `loss_fn(logits)`) within an L-inf or L2 ball of
-    radius eps around x, clipped to [0, 1] (Madry et al., ICLR 2018). Step size 2.5 eps / steps by default."""
-    step_size = 2.5 * eps / steps if step_size is None else step_size
-    was_training = model.training
-    model.eval()
-    delta = torch.zeros_like(x)
-    if random_start:
-        delta = (torch.rand_like(x) * 2 - 1) * eps if norm == "linf" else _l2_project(torch.randn_like(x) * eps, eps)
-    delta = (x + delta).clamp(0, 1) - x
-    for _ in range(steps):
-        delta.requires_grad_(True)
-        logits = model(x + delta)
-        loss = loss_fn(logits) if loss_fn else F.cross_entropy(logits, y, reduction="sum")
-        (g,) = torch.autograd.grad(loss, delta)
-        with torch.no_grad():
-            if norm == "linf":
-                delta = (delta + step_size * g.sign()).clamp(-eps, eps)
-            else:
-                gn = g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.ndim - 1)))
-                delta = _l2_project(delta + step_size * g / gn, eps)
-            delta = (x + delta).clamp(0, 1) - x
-    model.train(was_training)
-    return (x + delta).detach()
-
-
-def _l2_project(d: torch.Tensor, eps: float) -> torch.Tensor:
-    n = d.flatten(1).norm(dim=1).clamp_min(1e-12)
-    return d * (eps / n).clamp(max=1.0).view(-1, *([1] * (d.ndim - 1)))
-
-
-def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
-                    steps: int = 20, batch_size: int = 512) -> float:
-    """Accuracy under a PGD attack of radius eps (an upper bound of the true robust accuracy)."""
-    correct = 0
-    for i in range(0, len(x), batch_size):
-        xa = pgd(model, x[i : i + batch_size], y[i : i + batch_size], eps=eps, norm=norm, steps=steps)
-        with torch.no_grad():
-            correct += int((model(xa).argmax(1) == y[i : i + batch_size]).sum())
-    return correct / max(len(x), 1)
 
 
 # ----------------------------------------------------------------------------- MMD
@@ -247,51 +193,71 @@ def _early_stopping(strength: float, ctx: DefenseContext) -> Objective:
     return Objective(epoch_end=epoch_end, finish=finish, info={"best": best})
 
 
-def _config_only(strength: float, ctx: DefenseContext) -> Objective:
-    """weight_decay and dropout act through the optimiser and the architecture (see experiment.py)."""
-    return Objective()
+@dataclass(frozen=True)
+class DefenseSpec:
+    """A train-time defense and its one strength parameter.
+
+    Exactly one way of acting: `objective` (a loss / epoch hook for `training.train`), `trainer` (its own
+    training loop, e.g. DP-SGD through opacus), or `config_field` (the strength replaces that training
+    setting: weight decay, dropout). `valid` is the range a strength must lie in; `slider` (low, high, step) the
+    range the app offers by default, inside it."""
+
+    name: str
+    help: str
+    strength_label: str
+    default_strength: float
+    valid: tuple[float, float]
+    slider: tuple[float, float, float]
+    objective: Callable[[float, DefenseContext], Objective] | None = None
+    trainer: Callable[..., dict] | None = None
+    config_field: str | None = None
+    adversarial: bool = False  # trains on adversarial examples (robust accuracy is measured)
+
+    def check_strength(self, strength: float) -> str | None:
+        """None if `strength` is allowed, else what is wrong with it."""
+        lo, hi = self.valid
+        if not math.isfinite(strength) or not lo <= strength <= hi:
+            return f"the strength ({self.strength_label}) of {self.name} must be in [{lo:g}, {hi:g}], got {strength:g}"
+        return None
 
 
-DEFENSES: dict[str, Callable[[float, DefenseContext], Objective]] = {
-    "none": _none,
-    "pgd_at": _pgd_at,
-    "trades": _trades,
-    "mmd_mixup": _mmd_mixup,
-    "mixup": _mixup,
-    "label_smoothing": _label_smoothing,
-    "weight_decay": _config_only,
-    "dropout": _config_only,
-    "early_stopping": _early_stopping,
-    "dp_sgd": _config_only,
-}
+DEFENSES: Registry[DefenseSpec] = Registry("defense")
+for _spec in (
+    DefenseSpec("none", "No defense.", "none", 0.0, (0.0, 0.0), (0.0, 0.0, 1.0), objective=_none),
+    DefenseSpec("pgd_at", "PGD adversarial training (Madry et al.); strength = radius epsilon. Raises leakage "
+                "(Song et al. 2019).", "epsilon", 0.1, (0.0, 1.0), (0.0, 0.3, 0.02), objective=_pgd_at,
+                adversarial=True),
+    DefenseSpec("trades", "TRADES (Zhang et al. 2019); strength = beta, radius = adv_epsilon.", "beta", 1.0,
+                (0.0, 1000.0), (0.0, 6.0, 0.5), objective=_trades, adversarial=True),
+    DefenseSpec("mmd_mixup", "MMD set regulariser + mix-up (Li, Li & Ribeiro 2021); strength = MMD weight lambda.",
+                "lambda", 3.0, (0.0, 10000.0), (0.0, 30.0, 1.0), objective=_mmd_mixup),
+    DefenseSpec("mixup", "Mix-up alone; strength = Beta(alpha, alpha) parameter.", "alpha", 1.0, (0.0, 1000.0),
+                (0.0, 4.0, 0.1), objective=_mixup),
+    DefenseSpec("label_smoothing", "Label smoothing; strength = smoothing mass.", "smoothing", 0.1, (0.0, 1.0),
+                (0.0, 0.5, 0.05), objective=_label_smoothing),
+    DefenseSpec("weight_decay", "L2 weight decay in Adam; strength = coefficient.", "coefficient", 1e-3,
+                (0.0, 10.0), (0.0, 0.05, 0.001), config_field="weight_decay"),
+    DefenseSpec("dropout", "Dropout in the hidden layers; strength = rate.", "rate", 0.3, (0.0, 0.95),
+                (0.0, 0.8, 0.05), config_field="dropout"),
+    DefenseSpec("early_stopping", "Stop on the validation set; strength = patience in epochs.", "patience", 5.0,
+                (1.0, 100000.0), (1.0, 30.0, 1.0), objective=_early_stopping),
+    DefenseSpec("dp_sgd", "DP-SGD through opacus (Abadi et al. 2016); strength = noise multiplier, clip 1.0, "
+                "delta 1e-5.", "noise multiplier", 1.0, (0.01, 10000.0), (0.3, 5.0, 0.1),
+                trainer=lambda **kw: train_dp_sgd(**kw)),
+):
+    DEFENSES.register(_spec)
 
-DEFENSE_HELP: dict[str, str] = {
-    "none": "No defense.",
-    "pgd_at": "PGD adversarial training (Madry et al.); strength = radius epsilon. Raises leakage (Song et al. 2019).",
-    "trades": "TRADES (Zhang et al. 2019); strength = beta, radius = adv_epsilon.",
-    "mmd_mixup": "MMD set regulariser + mix-up (Li, Li & Ribeiro 2021); strength = MMD weight lambda.",
-    "mixup": "Mix-up alone; strength = Beta(alpha, alpha) parameter.",
-    "label_smoothing": "Label smoothing; strength = smoothing mass.",
-    "weight_decay": "L2 weight decay in Adam; strength = coefficient.",
-    "dropout": "Dropout in the hidden layers; strength = rate.",
-    "early_stopping": "Stop on the validation set; strength = patience in epochs.",
-    "dp_sgd": "DP-SGD through opacus (Abadi et al. 2016); strength = noise multiplier, clip 1.0, delta 1e-5.",
-}
-
-DEFAULT_STRENGTH: dict[str, float] = {
-    "none": 0.0, "pgd_at": 0.1, "trades": 1.0, "mmd_mixup": 3.0, "mixup": 1.0, "label_smoothing": 0.1,
-    "weight_decay": 1e-3, "dropout": 0.3, "early_stopping": 5.0, "dp_sgd": 1.0,
-}
-
-ADVERSARIAL = ("pgd_at", "trades")
+DEFENSE_HELP = {s.name: s.help for s in DEFENSES.specs()}
+DEFAULT_STRENGTH = {s.name: s.default_strength for s in DEFENSES.specs()}
+ADVERSARIAL = tuple(s.name for s in DEFENSES.specs() if s.adversarial)
 
 
 def make_objective(name: str, strength: float, ctx: DefenseContext) -> Objective:
-    if name not in DEFENSES:
-        raise ValueError(f"Unknown defense '{name}'. Choose one of {', '.join(DEFENSES)}.")
+    """The training objective of a defense that acts through one (plain training for the others)."""
+    spec = DEFENSES.get(name)
     if strength < 0 or not math.isfinite(strength):
         raise ValueError(f"The strength of {name} must be a finite number >= 0, got {strength}.")
-    return DEFENSES[name](strength, ctx)
+    return spec.objective(strength, ctx) if spec.objective else Objective()
 
 
 # ----------------------------------------------------------------------------- DP-SGD

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from .models import search_model
+from .tensors import flat_norm as _dist
+from .tensors import per_sample as _view
 
 
 @dataclass(frozen=True)
@@ -38,14 +40,6 @@ class _Oracle:
     def is_adversarial(self, x: torch.Tensor, y: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
         self.count.index_add_(0, owner, torch.ones_like(owner))
         return self.model(x).argmax(1) != y
-
-
-def _dist(d: torch.Tensor, p: float) -> torch.Tensor:
-    return d.flatten(1).norm(p=p, dim=1)
-
-
-def _view(v, like):
-    return v.view(-1, *([1] * (like.ndim - 1)))
 
 
 def _towards(x, xa, t, p):

@@ -11,6 +11,7 @@ under `vmap` runs every model's batch in one call, and one Adam steps them all.
 from __future__ import annotations
 
 import copy
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -22,7 +23,8 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
-from . import store as st
+from .probabilities import precise_log_softmax
+from .store import config_hash
 
 VARIANTS = ("lira_online", "lira_online_fixed", "lira_offline", "lira_offline_fixed")
 
@@ -87,8 +89,6 @@ def train_shadow_chunk(
         base.eval()
         logits = torch.cat([vmap(run)(params, buffers, x[None].expand(n_models, *x.shape)[:, i : i + 2048])
                             for i in range(0, len(x), 2048)], dim=1)
-    from .attacks import precise_log_softmax
-
     return precise_log_softmax(logits.flatten(0, 1)).view(n_models, len(x), -1)
 
 
@@ -130,7 +130,7 @@ def shadow_set(
                                       weight_decay=weight_decay, seed=seed + 7919 * (c + 1)).cpu().numpy()
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".tmp-{path.stem}.npz")
+                tmp = path.with_name(f".tmp-{path.stem}-{uuid.uuid4().hex}.npz")  # unique: writers never collide
                 np.savez(tmp, logp=logp)
                 tmp.replace(path)
             parts.append(logp)
@@ -167,4 +167,4 @@ def lira_scores(target_phi: np.ndarray, phi: np.ndarray, inside: np.ndarray) -> 
 
 
 def shadow_key(n_models: int, seed: int) -> str:
-    return st.config_hash({"n_models": n_models, "seed": seed, "version": 1})
+    return config_hash({"n_models": n_models, "seed": seed, "version": 1})

@@ -6,7 +6,7 @@ picked on the evaluation members themselves is an oracle and is only ever labell
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
@@ -83,38 +83,52 @@ def rates_at_threshold(members: np.ndarray, nonmembers: np.ndarray, threshold: f
     return float(np.mean(s_m >= threshold)), float(np.mean(s_n >= threshold))
 
 
-@dataclass
+@dataclass(frozen=True)
+class CalibratedThreshold:
+    """A threshold set on reference non-members at a target FPR, and its real rates on the evaluation."""
+
+    threshold: float
+    tpr: float
+    fpr: float
+
+
+@dataclass(frozen=True)
 class AttackMetrics:
+    """One attack's threshold-free metrics (keyed by float FPR levels) and its reference-calibrated thresholds."""
+
     auc: float
-    tpr_at_fpr: dict[str, float]
+    tpr_at_fpr: dict[float, float]
     max_advantage: float
     oracle_accuracy: float
     auc_ci: tuple[float, float] = (float("nan"), float("nan"))
-    tpr_at_fpr_ci: dict[str, tuple[float, float]] = field(default_factory=dict)
-    calibrated: dict[str, dict[str, float]] = field(default_factory=dict)
+    tpr_at_fpr_ci: dict[float, tuple[float, float]] = field(default_factory=dict)
+    calibrated: dict[float, CalibratedThreshold] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    @property
+    def defined(self) -> bool:
+        """False for an attack that has no score on this model (e.g. I_V on resnet18)."""
+        return not np.isnan(self.auc)
 
-
-def _fpr_key(f: float) -> str:
-    return f"{f:g}"
+    @classmethod
+    def undefined(cls) -> "AttackMetrics":
+        nan = float("nan")
+        return cls(auc=nan, tpr_at_fpr={f: nan for f in FPR_LEVELS}, max_advantage=nan, oracle_accuracy=nan)
 
 
 def bootstrap_intervals(
     members: np.ndarray, nonmembers: np.ndarray, *, rounds: int = 200, level: float = 0.95, seed: int = 0
-) -> tuple[tuple[float, float], dict[str, tuple[float, float]]]:
+) -> tuple[tuple[float, float], dict[float, tuple[float, float]]]:
     """Percentile bootstrap intervals of AUC and TPR at FPR_LEVELS, resampling members and non-members apart."""
     rng = np.random.default_rng(seed)
     m, n = finite_scores(members), finite_scores(nonmembers)
-    aucs, tprs = [], {_fpr_key(f): [] for f in FPR_LEVELS}
+    aucs, tprs = [], {f: [] for f in FPR_LEVELS}
     for _ in range(rounds):
         bm = m[rng.integers(0, len(m), len(m))]
         bn = n[rng.integers(0, len(n), len(n))]
         roc = roc_points(bm, bn)
         aucs.append(float(np.trapezoid(roc.tpr, roc.fpr)))
         for f in FPR_LEVELS:
-            tprs[_fpr_key(f)].append(tpr_at_fpr(roc, f))
+            tprs[f].append(tpr_at_fpr(roc, f))
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
     pct = lambda v: (float(np.percentile(v, lo)), float(np.percentile(v, hi)))  # noqa: E731
     return pct(aucs), {k: pct(v) for k, v in tprs.items()}
@@ -132,20 +146,21 @@ def attack_metrics(
     members nor evaluation non-members) thresholds are calibrated there at each FPR level and their real
     TPR / FPR on the evaluation set are reported."""
     roc = roc_points(members, nonmembers)
-    out = AttackMetrics(
-        auc=auc(members, nonmembers),
-        tpr_at_fpr={_fpr_key(f): tpr_at_fpr(roc, f) for f in FPR_LEVELS},
-        max_advantage=max_advantage(roc),
-        oracle_accuracy=oracle_accuracy(roc, len(members), len(nonmembers)),
-    )
+    auc_ci, tpr_ci = ((float("nan"), float("nan")), {})
     if bootstrap_rounds:
-        out.auc_ci, out.tpr_at_fpr_ci = bootstrap_intervals(members, nonmembers, rounds=bootstrap_rounds, seed=seed)
+        auc_ci, tpr_ci = bootstrap_intervals(members, nonmembers, rounds=bootstrap_rounds, seed=seed)
+    calibrated = {}
     if reference is not None and len(reference):
         for f in FPR_LEVELS:
             thr = threshold_at_fpr(reference, f)
-            tpr, fpr = rates_at_threshold(members, nonmembers, thr)
-            out.calibrated[_fpr_key(f)] = {"threshold": thr, "tpr": tpr, "fpr": fpr}
-    return out
+            calibrated[f] = CalibratedThreshold(thr, *rates_at_threshold(members, nonmembers, thr))
+    return AttackMetrics(
+        auc=auc(members, nonmembers),
+        tpr_at_fpr={f: tpr_at_fpr(roc, f) for f in FPR_LEVELS},
+        max_advantage=max_advantage(roc),
+        oracle_accuracy=oracle_accuracy(roc, len(members), len(nonmembers)),
+        auc_ci=auc_ci, tpr_at_fpr_ci=tpr_ci, calibrated=calibrated,
+    )
 
 
 def confusion_at_threshold(members: np.ndarray, nonmembers: np.ndarray, threshold: float) -> dict[str, int]:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
+
+from .registry import Registry
 
 
 class Normalize(nn.Module):
@@ -83,21 +86,29 @@ def _resnet18(shape: tuple[int, ...], k: int, width: int, dropout: float) -> nn.
     return net
 
 
-MODELS: dict[str, Callable[[tuple[int, ...], int, int, float], nn.Module]] = {
-    "linear": _linear,
-    "mlp": _mlp,
-    "cnn": _cnn,
-    "resnet18": _resnet18,
-}
+@dataclass(frozen=True)
+class ModelSpec:
+    """A built-in architecture: build(input_shape, num_classes, width, dropout) -> the body after Normalize."""
+
+    name: str
+    build: Callable[[tuple[int, ...], int, int, float], nn.Module]
+    help: str
+    interval_bounds: bool = True  # I_V (interval bound propagation) is defined for it
+
+
+MODELS: Registry[ModelSpec] = Registry("model")
+MODELS.register(ModelSpec("linear", _linear, "multinomial logistic regression"))
+MODELS.register(ModelSpec("mlp", _mlp, "two hidden layers of `width` ReLU units"))
+MODELS.register(ModelSpec("cnn", _cnn, "two convolution blocks and a `width`-unit dense layer (images)"))
+MODELS.register(ModelSpec("resnet18", _resnet18, "torchvision's ResNet-18 for 32x32 inputs (images)",
+                          interval_bounds=False))
 
 
 def build_model(
     name: str, input_shape: tuple[int, ...], num_classes: int, *, width: int = 256, dropout: float = 0.0
 ) -> Classifier:
     """A fresh `Classifier` of the named architecture (see MODELS) for inputs of `input_shape`."""
-    if name not in MODELS:
-        raise ValueError(f"Unknown model '{name}'. Choose one of {', '.join(MODELS)}.")
-    body = MODELS[name](tuple(input_shape), num_classes, width, dropout)
+    body = MODELS.get(name).build(tuple(input_shape), num_classes, width, dropout)
     return Classifier(Normalize(tuple(input_shape)), body)
 
 

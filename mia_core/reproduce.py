@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .experiment import DEFAULT_CONFIG, ExperimentConfig
+from .config import DEFAULT_CONFIG, ExperimentConfig
+from .records import RunRecord
+from .store import Store
 from .sweep import run_sweep, sweep_points
 
 PRESET: dict[str, list[float]] = {
@@ -46,15 +48,19 @@ def _verdict(ok: bool, partly: bool = False) -> str:
     return "yes" if ok else ("partly" if partly else "**no**")
 
 
-def format_findings(by: dict[str, list[dict]], base: ExperimentConfig, seeds) -> str:
+def _robust(r: RunRecord) -> float:
+    return np.nan if r.defense.robust_accuracy is None else r.defense.robust_accuracy
+
+
+def format_findings(by: dict[str, list[RunRecord]], base: ExperimentConfig, seeds) -> str:
     """Markdown: one row per finding with what was measured, whether it holds here, and the reference."""
     nat = by["none"]
-    auc = lambda a: (lambda s: s["attacks"][a]["auc"])  # noqa: E731
-    orc = lambda a: (lambda s: s["attacks"][a]["oracle_accuracy"])  # noqa: E731
-    acc = lambda s: s["test_accuracy"]  # noqa: E731
+    auc = lambda a: (lambda r: r.attacks[a].auc)  # noqa: E731
+    orc = lambda a: (lambda r: r.attacks[a].oracle_accuracy)  # noqa: E731
+    acc = lambda r: r.test_accuracy  # noqa: E731
     col = lambda runs, f: [f(s) for s in runs]  # noqa: E731
-    gap_err = max(abs(s["attacks"]["gap"]["oracle_accuracy"] - (0.5 + (s["train_accuracy"] - s["test_accuracy"]) / 2))
-                  for s in nat)
+    gap_err = max(abs(r.attacks["gap"].oracle_accuracy - (0.5 + (r.train_accuracy - r.test_accuracy) / 2))
+                  for r in nat)
     rows = [(
         "1", "gap attack accuracy = 1/2 + (train acc - test acc)/2",
         f"max deviation {gap_err:.1e} over {len(nat)} runs (gap attack {_ms(col(nat, orc('gap')), True)})",
@@ -74,8 +80,7 @@ def format_findings(by: dict[str, list[dict]], base: ExperimentConfig, seeds) ->
             "3", f"{name} raises leakage, most with inference on adversarial inputs",
             f"I_B / I_A accuracy {_ms(col(r, orc('confidence')), True)} / {_ms(col(r, orc('adv_confidence')), True)} "
             f"vs natural {_ms(col(nat, orc('confidence')), True)} / {_ms(col(nat, orc('adv_confidence')), True)}; "
-            f"robust accuracy {_ms([s['defense'].get('robust_accuracy', np.nan) for s in r])} vs "
-            f"{_ms([s['defense'].get('robust_accuracy', np.nan) for s in nat])}",
+            f"robust accuracy {_ms([_robust(s) for s in r])} vs {_ms([_robust(s) for s in nat])}",
             _verdict(ia > nia and ib > nib and ia >= ib, ia > nia and ia >= ib),
             f"{SONG_REFERENCE[d]} (natural: {SONG_REFERENCE['none']})"))
     if "mmd_mixup" in by:
@@ -97,7 +102,7 @@ def format_findings(by: dict[str, list[dict]], base: ExperimentConfig, seeds) ->
         rows.append((
             "5", "DP-SGD lowers even the boundary-distance attack, at a utility cost",
             f"distance AUC {_ms(col(p, auc('distance_l2')))} vs {_ms(d_l2)}; test acc {_ms(col(p, acc))} vs "
-            f"{_ms(col(nat, acc))}; epsilon {_ms(col(p, lambda s: s['defense']['epsilon']))} at delta 1e-5",
+            f"{_ms(col(nat, acc))}; epsilon {_ms(col(p, lambda r: r.defense.epsilon))} at delta 1e-5",
             _verdict(lower and _mean(p, acc) < _mean(nat, acc)), "DP bounds every attack (Choquette-Choo et al. 2021)"))
     head = (f"Measured on `{base.dataset}`, `{base.model}` (width {base.width}), {base.members} members and as many "
             f"non-members, {base.epochs} epochs, seeds {list(seeds)}: mean ± std over seeds. Attack accuracies are "
@@ -109,15 +114,15 @@ def format_findings(by: dict[str, list[dict]], base: ExperimentConfig, seeds) ->
     return head + "\n\n" + "\n".join(table)
 
 
-def reproduce(base: ExperimentConfig = DEFAULT_CONFIG, *, seeds=(0, 1, 2), store_root, executor: str = "process",
-              workers: int | None = None, progress=None) -> str:
+def reproduce(base: ExperimentConfig = DEFAULT_CONFIG, *, seeds=(0, 1, 2), store: Store | str | Path | None = None,
+              executor: str = "process", workers: int | None = None, progress=None) -> str:
     """Run the preset (PRESET defenses x seeds on `base`, reusing stored runs) and return the findings."""
     base = replace(base, bootstrap_rounds=0)
     points = sweep_points(base, PRESET, list(seeds))
-    results = run_sweep(points, store_root=store_root, executor=executor, workers=workers, progress=progress)
-    by: dict[str, list[dict]] = {}
-    for p, (summary, _) in zip(points, results):
-        by.setdefault(p.config.defense, []).append(summary)
+    results = run_sweep(points, store=store, executor=executor, workers=workers, progress=progress)
+    by: dict[str, list[RunRecord]] = {}
+    for p, (record, _) in zip(points, results):
+        by.setdefault(p.config.defense, []).append(record)
     return format_findings(by, base, seeds)
 
 

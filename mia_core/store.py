@@ -2,6 +2,13 @@
 
 A folder is built under a temporary name and renamed into place in one step, so a run interrupted
 half-way leaves only a `.tmp-*` folder that is never read, and a finished folder is always complete.
+
+Layout, owned by `Store`:
+    <root>/<train_key>/                   a trained model: config.json, split.npz, model.safetensors, training.json
+    <root>/<train_key>/eval-<eval_key>/   one evaluation of it: summary.json (a RunRecord), scores.npz (a ScoreTable)
+    <root>/<train_key>/shadows-<key>/     shadow-model outputs for LiRA, one file per chunk, resumable
+    <root>/uploads/                       checkpoints uploaded through the app
+A run's id is "<train_key>/eval-<eval_key>".
 """
 
 from __future__ import annotations
@@ -9,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -17,7 +25,85 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-DEFAULT_ROOT = Path(os.environ.get("MIA_STORE", "mia_runs"))
+STORE_ENV = "MIA_STORE"
+DEFAULT_FOLDER = "mia_runs"
+
+
+class StoreError(ValueError):
+    """A run id or path that is not a finished run inside this store."""
+
+
+class Store:
+    """The store at one root, resolved once (`Store.resolve`), and the folder layout inside it."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @classmethod
+    def resolve(cls, explicit: "str | Path | Store | None" = None) -> "Store":
+        """`explicit` (e.g. --store), else $MIA_STORE, else ./mia_runs; read when called, not at import."""
+        if isinstance(explicit, Store):
+            return explicit
+        if explicit is not None and str(explicit):
+            return cls(explicit)
+        return cls(os.environ.get(STORE_ENV) or DEFAULT_FOLDER)
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Store) and self.root.resolve() == other.root.resolve()
+
+    def __hash__(self) -> int:
+        return hash(str(self.root.resolve()))
+
+    # ------------------------------------------------------------------ layout
+    def run_dir(self, train_key: str) -> Path:
+        return self.root / train_key
+
+    def eval_dir(self, train_key: str, eval_key: str) -> Path:
+        return self.root / train_key / f"eval-{eval_key}"
+
+    def shadows_dir(self, train_key: str, key: str) -> Path:
+        return self.root / train_key / f"shadows-{key}"
+
+    @property
+    def uploads(self) -> Path:
+        return self.root / "uploads"
+
+    # ------------------------------------------------------------------ runs
+    @staticmethod
+    def run_id(eval_dir: str | Path) -> str:
+        """The id of an evaluation folder: "<train_key>/eval-<eval_key>"."""
+        p = Path(eval_dir)
+        return f"{p.parent.name}/{p.name}"
+
+    def eval_path(self, run_id: str) -> Path:
+        """The folder of a finished run named by its id; refuses anything that is not a run id inside the store
+        (absolute paths, `..`, other folders)."""
+        parts = str(run_id).split("/")
+        if (len(parts) != 2 or not parts[1].startswith("eval-")
+                or any(not p or p in (".", "..") or p.startswith(".") or "\\" in p for p in parts)):
+            raise StoreError(f"'{run_id}' is not a run id (<train key>/eval-<eval key>).")
+        path = self.root / parts[0] / parts[1]
+        if not (path / "summary.json").is_file():
+            raise StoreError(f"No finished run '{run_id}' in the store {self.root}.")
+        return path
+
+    def evaluation_dirs(self) -> list[Path]:
+        """Every finished evaluation folder (interrupted ones never appear)."""
+        return [p.parent for p in self.root.glob("*/eval-*/summary.json")
+                if not any(part.startswith(".tmp-") for part in p.parts)]
+
+    def version(self) -> float:
+        """Changes whenever an evaluation is added or removed (a cache key for listings)."""
+        paths = list(self.root.glob("*/eval-*"))
+        return max((p.stat().st_mtime for p in paths), default=0.0) + len(paths)
+
+
+def default_store() -> Store:
+    """The store a caller without an explicit root uses: $MIA_STORE, else ./mia_runs."""
+    return Store.resolve()
 
 
 def config_hash(config: Any, length: int = 16) -> str:
@@ -33,7 +119,7 @@ def write_json(path: Path, data: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True, default=_json_default)
+            json.dump(json_safe(data), fh, indent=2, sort_keys=True, default=_json_default, allow_nan=False)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -41,6 +127,21 @@ def write_json(path: Path, data: Any) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def json_safe(data: Any) -> Any:
+    """`data` with every NaN and infinity replaced by null, so the file is valid JSON for any reader."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(v) for v in data]
+    if is_dataclass(data) and not isinstance(data, type):
+        return json_safe(asdict(data))
+    if hasattr(data, "tolist"):
+        return json_safe(data.tolist())
+    return data
 
 
 def _json_default(o: Any) -> Any:

@@ -12,7 +12,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from .experiment import ExperimentConfig, run_experiment
+from .config import ExperimentConfig
+from .defenses import DEFENSES
+from .experiment import run_experiment
+from .records import RunRecord
+from .store import Store
 
 Progress = Callable[[str, float], None]
 
@@ -35,14 +39,11 @@ def sweep_points(base: ExperimentConfig, defenses: dict[str, list[float]], seeds
 
 def parse_grid(items: list[str]) -> dict[str, list[float]]:
     """['pgd_at=0.05,0.1', 'none'] -> {'pgd_at': [0.05, 0.1], 'none': [0.0]}."""
-    from .defenses import DEFENSES
-
     grid: dict[str, list[float]] = {}
     for item in items:
         name, _, values = item.partition("=")
         name = name.strip()
-        if name not in DEFENSES:
-            raise ValueError(f"Unknown defense '{name}'. Choose one of {', '.join(DEFENSES)}.")
+        DEFENSES.get(name)  # an unknown name raises, listing the valid ones
         try:
             grid[name] = [float(v) for v in values.split(",")] if values else [0.0]
         except ValueError:
@@ -50,33 +51,34 @@ def parse_grid(items: list[str]) -> dict[str, list[float]]:
     return grid
 
 
-def _run_point(config: ExperimentConfig, store_root: str, threads: int) -> tuple[dict, bool]:
+def _run_point(config: ExperimentConfig, store_root: str, threads: int) -> tuple[RunRecord, bool]:
     import torch
 
     torch.set_num_threads(threads)
-    r = run_experiment(config, store_root=store_root)
-    return r.summary, r.reused
+    r = run_experiment(config, store=Store(store_root))
+    return r.record, r.reused
 
 
 def run_sweep(
     points: list[SweepPoint],
     *,
-    store_root: str | Path,
+    store: Store | str | Path | None = None,
     executor: str = "process",
     workers: int | None = None,
     address: str | None = None,
     progress: Progress | None = None,
-) -> list[tuple[dict, bool]]:
-    """Run every point (reusing finished ones) and return (summary, reused) in the points' order.
+) -> list[tuple[RunRecord, bool]]:
+    """Run every point (reusing finished ones) and return (record, reused) in the points' order.
+    `store` defaults to $MIA_STORE, else ./mia_runs (Store.resolve).
 
     executor: "serial", "process" (a local pool of `workers` processes) or "ray" (`address` of a running
     cluster, e.g. "ray://head:10001" or "auto"; a local Ray instance when None).
     """
-    store_root = str(store_root)
+    store_root = str(Store.resolve(store).root)
     cores = os.cpu_count() or 1
     workers = max(1, min(workers or cores, len(points) or 1))
     threads = max(1, cores // workers)
-    results: list[tuple[dict, bool] | None] = [None] * len(points)
+    results: list[tuple[RunRecord, bool] | None] = [None] * len(points)
 
     def report(done: int, label: str) -> None:
         if progress:

@@ -9,14 +9,13 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import nn
 
 from .distances import minimal_perturbation
 from .metrics import oracle_threshold, rates_at_threshold
+from .records import ScoreTable, ThresholdReport
 
 
 def balanced_threshold(inside: np.ndarray, outside: np.ndarray) -> float:
@@ -54,9 +53,10 @@ def noise_percentile_threshold(model: nn.Module, input_shape: tuple[int, ...], *
 
 
 def report(members: np.ndarray, nonmembers: np.ndarray, threshold: float | np.ndarray,
-           y_members: np.ndarray | None = None, y_nonmembers: np.ndarray | None = None) -> dict[str, float]:
+           y_members: np.ndarray | None = None, y_nonmembers: np.ndarray | None = None, *,
+           oracle: bool = False) -> ThresholdReport:
     """TPR, FPR and balanced accuracy of "member if score >= threshold" on the target's evaluation set.
-    A per-class threshold array is indexed by the samples' labels."""
+    A per-class threshold array is indexed by the samples' labels (its report's threshold is NaN)."""
     if np.ndim(threshold):
         tpr = float(np.mean(members >= threshold[y_members]))
         fpr = float(np.mean(nonmembers >= threshold[y_nonmembers]))
@@ -64,15 +64,15 @@ def report(members: np.ndarray, nonmembers: np.ndarray, threshold: float | np.nd
     else:
         tpr, fpr = rates_at_threshold(members, nonmembers, float(threshold))
         thr = float(threshold)
-    return {"threshold": thr, "tpr": tpr, "fpr": fpr, "accuracy": (tpr + 1 - fpr) / 2}
+    return ThresholdReport(threshold=thr, tpr=tpr, fpr=fpr, accuracy=(tpr + 1 - fpr) / 2, oracle=oracle)
 
 
-def attacker_thresholds(arrays: dict, shadows, shadow_labels: np.ndarray, num_classes: int, model: nn.Module,
-                        input_shape: tuple[int, ...], seed: int) -> dict[str, dict[str, float]]:
-    """Every attacker-chosen threshold of this module, with the oracle beside them, as a summary table."""
-    m_phi, n_phi = arrays["members/lira_phi"], arrays["nonmembers/lira_phi"]
-    ym, yn = arrays["members/label"], arrays["nonmembers/label"]
-    out: dict[str, dict[str, float]] = {}
+def attacker_thresholds(table: ScoreTable, shadows, shadow_labels: np.ndarray, num_classes: int, model: nn.Module,
+                        input_shape: tuple[int, ...], seed: int) -> dict[str, ThresholdReport]:
+    """Every attacker-chosen threshold of this module, with the oracle beside them (marked as such)."""
+    m_phi, n_phi = table["members"].artifacts["lira_phi"], table["nonmembers"].artifacts["lira_phi"]
+    ym, yn = table["members"].label, table["nonmembers"].label
+    out: dict[str, ThresholdReport] = {}
     if shadows is not None:
         phi, inside = shadows.phi(shadow_labels), shadows.inside
         lab = np.broadcast_to(shadow_labels, phi.shape)
@@ -80,10 +80,10 @@ def attacker_thresholds(arrays: dict, shadows, shadow_labels: np.ndarray, num_cl
             m_phi, n_phi, balanced_threshold(phi[inside], phi[~inside]))
         out["confidence: class thresholds on shadows (Song & Mittal)"] = report(
             m_phi, n_phi, class_thresholds(phi[inside], phi[~inside], lab[inside], lab[~inside], num_classes), ym, yn)
-    out["confidence: ORACLE (uses true membership)"] = report(m_phi, n_phi, oracle_threshold(m_phi, n_phi))
-    dm, dn = arrays["members/distance_l2"], arrays["nonmembers/distance_l2"]
+    out["confidence: ORACLE (uses true membership)"] = report(m_phi, n_phi, oracle_threshold(m_phi, n_phi),
+                                                              oracle=True)
+    dm, dn = table.member_nonmember("distance_l2")
     out["distance_l2: noise percentile 50 (Li & Zhang)"] = report(
         dm, dn, noise_percentile_threshold(model, input_shape, seed=seed))
-    out["distance_l2: ORACLE (uses true membership)"] = report(dm, dn, oracle_threshold(dm, dn))
-    return {k: {kk: (None if isinstance(vv, float) and math.isnan(vv) else vv) for kk, vv in v.items()}
-            for k, v in out.items()}
+    out["distance_l2: ORACLE (uses true membership)"] = report(dm, dn, oracle_threshold(dm, dn), oracle=True)
+    return out

@@ -2,7 +2,7 @@ import streamlit as st
 
 from dashboard import state
 from mia_core import experiment as ex
-from mia_core import figures
+from mia_core import figures, views
 
 st.title("Membership Leakage Explorer")
 left, right = st.columns([3, 2])
@@ -14,9 +14,12 @@ with left:
         "prediction). This dashboard trains a model, measures every sample's distance and the classic signals, "
         "and scores how well each separates members from non-members: ROC, AUC and TPR at low FPR."
     )
-    if st.button("Run the demo", type="primary", help=state.describe(ex.DEFAULT_CONFIG)):
-        state.run_with_progress(ex.DEFAULT_CONFIG, "Training the demo model")
-    st.caption("Demo: " + state.describe(ex.DEFAULT_CONFIG) + ". Data: scikit-learn's 8x8 digits, bundled.")
+    if st.button("Run the demo", type="primary", help=views.describe(ex.DEFAULT_CONFIG), key="demo"):
+        try:
+            state.run_with_progress(ex.DEFAULT_CONFIG, "Training the demo model")
+        except state.RUN_ERRORS as err:
+            st.error(str(err))
+    st.caption("Demo: " + views.describe(ex.DEFAULT_CONFIG) + ". Data: scikit-learn's 8x8 digits, bundled.")
 with right:
     st.plotly_chart(figures.schematic_figure(), width="stretch")
 
@@ -25,22 +28,21 @@ if run is None:
     st.info("Press **Run the demo**, or set up your own model on the **Experiment** page.")
     st.stop()
 
-s = run.summary
-head = ex.headline(s)
-st.subheader("Headline — " + state.describe(run.config))
+rec = run.record
+head = views.headline(rec)
+st.subheader("Headline — " + views.describe(run.config))
 c1, c2, c3, c4 = st.columns(4)
-c1.metric("test accuracy", f"{head['test_accuracy']:.3f}", help=state.METRIC_HELP["test accuracy"])
-c2.metric("train accuracy", f"{s['train_accuracy']:.3f}", help=state.METRIC_HELP["train accuracy"])
-c3.metric(f"best attack AUC ({head['best_attack']})", f"{head['auc']:.3f}", help=state.METRIC_HELP["AUC"])
-c4.metric("its TPR at 1% FPR", f"{head['tpr_at_1pct_fpr']:.3f}", help=state.METRIC_HELP["TPR@1%"])
+c1.metric("test accuracy", f"{head.test_accuracy:.3f}", help=views.METRIC_HELP["test accuracy"])
+c2.metric("train accuracy", f"{head.train_accuracy:.3f}", help=views.METRIC_HELP["train accuracy"])
+c3.metric(f"best attack AUC ({head.best_attack})", f"{head.auc:.3f}", help=views.METRIC_HELP["AUC"])
+c4.metric("its TPR at 1% FPR", f"{head.tpr_at_1pct_fpr:.3f}", help=views.METRIC_HELP["TPR@1%"])
 
 a, b = st.columns(2)
 with a:
-    st.plotly_chart(figures.distance_histogram(run.scores("distance_l2", "members"),
-                                               run.scores("distance_l2", "nonmembers")), width="stretch")
+    st.plotly_chart(figures.distance_histogram(*run.table.member_nonmember("distance_l2")), width="stretch")
 with b:
-    names = ["distance_l2", "loss", "modified_entropy"]
-    st.plotly_chart(figures.roc_figure({n: state.roc_data(str(run.eval_dir), n) for n in names},
-                                       aucs={n: s["attacks"][n]["auc"] for n in names}), width="stretch")
+    names = list(dict.fromkeys([head.best_attack, "distance_l2", "loss", "modified_entropy"]))
+    st.plotly_chart(figures.roc_figure(state.rocs(run, names), aucs={n: rec.attacks[n].auc for n in names}),
+                    width="stretch")
 st.page_link("pages/distances.py", label="Explore the distances", icon=":material/straighten:")
 st.page_link("pages/attacks.py", label="Compare every attack", icon=":material/target:")

@@ -1,15 +1,12 @@
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mia_core.data import load_dataset, make_split  # noqa: E402
-from mia_core.models import build_model  # noqa: E402
-from mia_core.training import TrainConfig, train  # noqa: E402
+from mia_core.data import load_dataset, make_split
+from mia_core.models import build_model
+from mia_core.training import TrainConfig, train
 
 torch.set_num_threads(2)
 

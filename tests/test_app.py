@@ -1,12 +1,15 @@
-"""Every page through Streamlit's AppTest: widgets driven, no exception, the right numbers shown."""
+"""Every page through Streamlit's AppTest: widgets found by key and driven, no exception, the right numbers shown."""
 
-import json
+import io
 from pathlib import Path
 
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
 
 from mia_core import experiment as ex
+from mia_core import views
+from mia_core.models import build_model
 
 PAGES = ["pages/overview.py", "pages/experiment.py", "pages/distances.py", "pages/attacks.py",
          "pages/defenses.py", "pages/playground.py", "pages/export.py"]
@@ -29,86 +32,132 @@ def _app():
     return AppTest.from_file(APP, default_timeout=120)
 
 
-def _open(page, store):
+def _open(page, store, run_id=None):
     at = _app()
     runs = ex.list_runs(store)
-    if runs:
-        at.query_params["run"] = "/".join(runs[0]["eval_dir"].split("/")[-2:])
+    if run_id or runs:
+        at.query_params["run"] = run_id or runs[0].run_id
     at.run()
     at.switch_page(page).run()
     assert not at.exception, at.exception
     return at
 
 
+def _frame(at, column):
+    """The table that has `column` (AppTest's dataframes carry no key; a column names a table as well)."""
+    found = [df.value for df in at.dataframe if column in df.value.columns]
+    assert len(found) == 1, f"{len(found)} tables with a column '{column}'"
+    return found[0]
+
+
+def _fast_run(store):
+    return ex.run_experiment(FAST, store=store)
+
+
 def test_demo_button_trains_and_shows_headline(app_store):
     at = _app().run()
     assert not at.exception
-    demo = [b for b in at.button if b.label == "Run the demo"][0]
-    demo.click().run()
+    at.button(key="demo").click().run()
     assert not at.exception, at.exception
     runs = ex.list_runs(app_store)
     assert len(runs) == 1
-    s = runs[0]
+    rec = runs[0].record
     shown = {m.label: m.value for m in at.metric}
-    assert shown["test accuracy"] == f"{s['test_accuracy']:.3f}"
-    head = ex.headline(s)
-    assert shown[f"best attack AUC ({head['best_attack']})"] == f"{head['auc']:.3f}"
-    assert at.query_params["run"]  # shareable in the URL
+    assert shown["test accuracy"] == f"{rec.test_accuracy:.3f}"
+    head = views.headline(rec)
+    assert shown[f"best attack AUC ({head.best_attack})"] == f"{head.auc:.3f}"
+    assert at.query_params["run"] == runs[0].run_id  # shareable in the URL
 
 
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_renders(app_store, page):
-    if not ex.list_runs(app_store):
-        ex.run_experiment(FAST, store_root=app_store)
+    _fast_run(app_store)
     _open(page, app_store)
 
 
+def test_a_run_id_outside_the_store_is_not_opened(app_store, tmp_path):
+    elsewhere = tmp_path / "other"
+    run = ex.run_experiment(FAST, store=elsewhere)
+    for rid in (str(run.eval_dir), f"../{elsewhere.name}/{run.run_id}", "/etc/passwd"):
+        at = _app()
+        at.query_params["run"] = rid
+        at.run()
+        at.switch_page("pages/attacks.py").run()
+        assert not at.exception
+        assert any("No run is open yet" in i.value for i in at.info)
+
+
 def test_distances_page_toggles_and_shows_auc(app_store):
-    ex.run_experiment(FAST, store_root=app_store)
-    at = _open("pages/distances.py", app_store)
-    s = ex.list_runs(app_store)[0]
+    rec = _fast_run(app_store).record
+    at = _open("pages/distances.py", app_store, _fast_run(app_store).run_id)
     shown = {m.label: m.value for m in at.metric}
-    assert shown["distance attack AUC"] == f"{s['attacks']['distance_l2']['auc']:.3f}"
-    norm = [r for r in at.radio if r.label == "norm"][0]
-    norm.set_value("L-inf").run()
+    assert shown["distance attack AUC"] == f"{rec.attacks['distance_l2'].auc:.3f}"
+    at.radio(key="hist_norm").set_value("L-inf").run()
     assert not at.exception
     shown = {m.label: m.value for m in at.metric}
-    assert shown["distance attack AUC"] == f"{s['attacks']['distance_linf']['auc']:.3f}"
-    [t for t in at.toggle if t.label == "log distance axis"][0].set_value(True).run()
+    assert shown["distance attack AUC"] == f"{rec.attacks['distance_linf'].auc:.3f}"
+    at.toggle(key="hist_log").set_value(True).run()
     assert not at.exception
 
 
 def test_attacks_page_threshold_and_table(app_store):
-    ex.run_experiment(FAST, store_root=app_store)
-    at = _open("pages/attacks.py", app_store)
-    s = ex.list_runs(app_store)[0]
-    table = at.dataframe[0].value
-    auc = dict(zip(table["attack"], table["AUC"]))
-    assert auc["loss"] == pytest.approx(s["attacks"]["loss"]["auc"])
-    [sl for sl in at.slider if sl.label.startswith("threshold")][0].set_value(90.0).run()
+    run = _fast_run(app_store)
+    rec = run.record
+    at = _open("pages/attacks.py", app_store, run.run_id)
+    table = _frame(at, "AUC 95% CI")
+    auc = dict(zip(table["id"], table["AUC"]))
+    assert list(table["id"]) == list(rec.attacks)
+    assert auc["loss"] == pytest.approx(rec.attacks["loss"].auc)
+    at.slider(key="thr_percentile").set_value(90.0).run()
     assert not at.exception
-    # at the 90th percentile at most ~20% of all evaluated samples are flagged
-    conf = at.table[0].value
-    flagged = int(conf["predicted member"].sum())
-    assert flagged <= 0.11 * (s["n_members"] + s["n_nonmembers"]) + 2
-    [t for t in at.toggle if t.label == "log-log axes"][0].set_value(True).run()
+    # at the 90th percentile at most ~10% of all evaluated samples are flagged
+    flagged = int(at.table[0].value["predicted member"].sum())
+    assert flagged <= 0.11 * (rec.n_members + rec.n_nonmembers) + 2
+    at.toggle(key="roc_log").set_value(True).run()
     assert not at.exception
-    rules = [df.value for df in at.dataframe if "rule" in df.value.columns][0]
+    rules = _frame(at, "rule")
     assert any("ORACLE" in r for r in rules["rule"]) and any("shadow" in r for r in rules["rule"])
-    assert set(rules["rule"]) == set(s["thresholds"])
-    ranking = [df.value for df in at.dataframe if "exposure (FPR)" in df.value.columns][0]
+    assert set(rules["rule"]) == set(rec.thresholds)
+    ranking = _frame(at, "exposure (FPR)")
     assert ranking["exposure (FPR)"].is_monotonic_increasing and ranking["exposure (FPR)"].nunique() >= 2
     assert ranking["exposure (FPR)"].iloc[0] < 0.05  # the most exposed records beat a 5% reference FPR
 
 
+def test_attacks_page_offers_no_calibrated_threshold_without_reference_scores(app_store):
+    """LiRA has no reference scores: the page shows no 'calibrated' row for it (it used to show threshold -1
+    with FPR 0.565), and does show one for an attack that has them."""
+    run = _fast_run(app_store)
+    at = _open("pages/attacks.py", app_store, run.run_id)
+    rows = _frame(at, "precision")
+    assert any(r.startswith("calibrated") for r in rows["threshold"])
+    at.selectbox(key="thr_attack").set_value("lira_online_fixed").run()
+    assert not at.exception
+    rows = _frame(at, "precision")
+    assert not any(r.startswith("calibrated") for r in rows["threshold"])
+    assert any("no reference scores" in c.value for c in at.caption)
+
+
 def test_experiment_page_trains_with_form(app_store):
     at = _open("pages/experiment.py", app_store)
-    at.number_input[0].set_value(100)  # members
-    at.slider[0].set_value(5)  # epochs
-    [s for s in at.selectbox if s.label == "distance search"][0].set_value("deepfool")
-    [b for b in at.button if b.label == "Train and score"][0].click().run()
+    at.number_input(key="cfg_members").set_value(100)
+    at.number_input(key="cfg_epochs").set_value(5)
+    at.selectbox(key="cfg_distance_method").set_value("deepfool")
+    at.button(key="train").click().run()
     assert not at.exception, at.exception
-    assert any(r["n_members"] == 100 and r["config"]["epochs"] == 5 for r in ex.list_runs(app_store))
+    assert any(r.record.n_members == 100 and r.record.config.epochs == 5 for r in ex.list_runs(app_store))
+
+
+def test_experiment_page_refuses_an_out_of_range_strength(app_store):
+    """Label smoothing of strength 5 used to reach training and crash with a traceback; now the form's config
+    is validated first and the user reads what is allowed."""
+    before = len(ex.list_runs(app_store))
+    at = _open("pages/experiment.py", app_store)
+    at.selectbox(key="cfg_defense").set_value("label_smoothing")
+    at.number_input(key="cfg_defense_strength").set_value(5.0)
+    at.button(key="train").click().run()
+    assert not at.exception
+    assert any("label_smoothing must be in [0, 1]" in e.value for e in at.error), [e.value for e in at.error]
+    assert len(ex.list_runs(app_store)) == before
 
 
 def test_bad_checkpoint_upload_path_gets_a_clear_message(app_store, tmp_path):
@@ -116,8 +165,8 @@ def test_bad_checkpoint_upload_path_gets_a_clear_message(app_store, tmp_path):
     bad.write_bytes(b"not a checkpoint at all")
     before = len(ex.list_runs(app_store))
     at = _open("pages/experiment.py", app_store)
-    [t for t in at.text_input if t.label.startswith("…or a path")][0].set_value(str(bad))
-    [b for b in at.button if b.label == "Evaluate checkpoint"][0].click().run()
+    at.text_input(key="ckpt_path").set_value(str(bad))
+    at.button(key="ckpt_evaluate").click().run()
     assert not at.exception
     assert any("not a readable checkpoint" in e.value for e in at.error)
     assert len(ex.list_runs(app_store)) == before
@@ -126,32 +175,31 @@ def test_bad_checkpoint_upload_path_gets_a_clear_message(app_store, tmp_path):
 def test_playground_retrains_on_slider(app_store):
     at = _open("pages/playground.py", app_store)
     first = {m.label: m.value for m in at.metric}
-    [s for s in at.select_slider if s.label == "defense: weight decay"][0].set_value(1e-2).run()
+    at.select_slider(key="pg_weight_decay").set_value(1e-2).run()
     assert not at.exception
     second = {m.label: m.value for m in at.metric}
     assert first != second
 
 
 def test_export_page_offers_downloads(app_store):
-    ex.run_experiment(FAST, store_root=app_store)
-    at = _open("pages/export.py", app_store)
+    run = _fast_run(app_store)
+    at = _open("pages/export.py", app_store, run.run_id)
     labels = [b.label for b in at.get("download_button")]
     assert "Per-sample table (CSV)" in labels and "Summary (JSON)" in labels and labels.count("HTML") == 4
-    json.dumps(ex.list_runs(app_store)[0])
 
 
 def test_defenses_page_trains_and_compares(app_store):
-    ex.run_experiment(FAST, store_root=app_store)
+    _fast_run(app_store)
     at = _open("pages/defenses.py", app_store)
-    [m for m in at.multiselect if m.label == "defenses"][0].set_value(["label_smoothing"])
+    at.multiselect(key="def_chosen").set_value(["label_smoothing"])
     at.run()
-    [b for b in at.button if b.label == "Train"][0].click().run()
+    at.button(key="def_train").click().run()
     assert not at.exception, at.exception
-    defenses = {s["config"]["defense"] for s in ex.list_runs(app_store)}
-    assert "label_smoothing" in defenses
-    table = [df.value for df in at.dataframe if "strength" in df.value.columns][0]
+    assert "label_smoothing" in {r.record.config.defense for r in ex.list_runs(app_store)}
+    table = _frame(at, "leakage_sd")
     assert "label_smoothing" in set(table["defense"])
-    [r for r in at.radio if r.label == "leakage metric"][0].set_value("TPR at 1% FPR").run()
+    assert (table["seeds"] == 1).all()  # one seed each, however many evaluations a model has
+    at.radio(key="def_measure").set_value("TPR at 1% FPR").run()
     assert not at.exception
 
 
@@ -161,30 +209,24 @@ class _Evil:
 
 
 def test_checkpoint_upload_is_validated_and_never_unpickled(app_store, capsys):
-    import io
-
-    import torch
-
-    from mia_core.models import build_model
-
     evil = io.BytesIO()
     torch.save({"w": _Evil()}, evil)
     at = _open("pages/experiment.py", app_store)
     at.file_uploader[0].upload("model.pt", evil.getvalue()).run()
-    [b for b in at.button if b.label == "Evaluate checkpoint"][0].click().run()
+    at.button(key="ckpt_evaluate").click().run()
     assert not at.exception
     assert any("not a readable checkpoint" in e.value for e in at.error), [e.value for e in at.error]
     assert "pwned" not in capsys.readouterr().out
     uploads = app_store / "uploads"
-    assert not uploads.exists() or not any(uploads.iterdir())  # the refused file was not kept
+    assert not uploads.exists() or not [p for p in uploads.iterdir()]  # the refused file was not kept
 
     good = io.BytesIO()
     torch.manual_seed(0)
     torch.save(build_model("mlp", (1, 8, 8), 10, width=ex.DEFAULT_CONFIG.width).state_dict(), good)
     at = _open("pages/experiment.py", app_store)
     at.file_uploader[0].upload("model.pt", good.getvalue()).run()
-    [b for b in at.button if b.label == "Evaluate checkpoint"][0].click().run()
+    at.button(key="ckpt_evaluate").click().run()
     assert not at.exception, at.exception
     assert any("Checkpoint evaluated" in s.value for s in at.success), [e.value for e in at.error]
     assert len(list((app_store / "uploads").glob("*.pt"))) == 1
-    assert any(s["config"]["checkpoint"] for s in ex.list_runs(app_store))
+    assert any(r.record.config.checkpoint for r in ex.list_runs(app_store))

@@ -19,15 +19,15 @@ OVERFIT = ExperimentConfig(members=200, epochs=60, bootstrap_rounds=0, reference
 @pytest.fixture(scope="module")
 def overfit_runs(tmp_path_factory):
     store = tmp_path_factory.mktemp("sota")
-    return {mask: run_experiment(ExperimentConfig(**{**OVERFIT.__dict__, "output_mask": mask}), store_root=store)
+    return {mask: run_experiment(OVERFIT.replace(output_mask=mask), store=store)
             for mask in ("none", "label")}
 
 
 def test_lira_beats_the_global_loss_threshold_at_low_fpr(overfit_runs):
-    a = overfit_runs["none"].summary["attacks"]
-    assert a["lira_online"]["tpr_at_fpr"]["0.01"] > a["loss"]["tpr_at_fpr"]["0.01"] + 0.05
-    assert a["lira_online"]["auc"] > a["loss"]["auc"] + 0.05
-    assert a["lira_offline"]["auc"] > 0.55
+    a = overfit_runs["none"].record.attacks
+    assert a["lira_online"].tpr_at_fpr[0.01] > a["loss"].tpr_at_fpr[0.01] + 0.05
+    assert a["lira_online"].auc > a["loss"].auc + 0.05
+    assert a["lira_offline"].auc > 0.55
 
 
 @pytest.mark.parametrize("net", ["trained_mlp", "trained_cnn"])
@@ -53,30 +53,30 @@ def test_inference_on_adversarial_inputs_beats_clean_on_adversarially_trained_mo
     for seed in (0, 1):
         cfg = ExperimentConfig(**{**OVERFIT.__dict__, "defense": "pgd_at", "defense_strength": 0.1, "seed": seed,
                                   "lira_shadows": 2, "label_only_queries": 200})
-        a = run_experiment(cfg, store_root=tmp_path).summary["attacks"]
-        orc_a.append(a["adv_confidence"]["auc"])
-        orc_b.append(a["confidence"]["auc"])
+        a = run_experiment(cfg, store=tmp_path).record.attacks
+        orc_a.append(a["adv_confidence"].auc)
+        orc_b.append(a["confidence"].auc)
     assert np.mean(orc_a) > np.mean(orc_b)
 
 
 def test_label_only_attacks_see_through_confidence_masking(overfit_runs):
-    full, masked = overfit_runs["none"].summary["attacks"], overfit_runs["label"].summary["attacks"]
+    full, masked = overfit_runs["none"].record.attacks, overfit_runs["label"].record.attacks
     for a in ("label_only_l2", "label_only_linf", "gap"):
-        assert masked[a]["auc"] == pytest.approx(full[a]["auc"])
-    assert full["confidence"]["auc"] > full["gap"]["auc"] + 0.03
+        assert masked[a].auc == pytest.approx(full[a].auc)
+    assert full["confidence"].auc > full["gap"].auc + 0.03
     # with the top-1 label only, confidence carries nothing beyond correctness: down to the gap attack's level
     for a in ("confidence", "loss", "entropy", "lira_online"):
-        assert masked[a]["auc"] <= masked["gap"]["auc"] + 0.01
-    assert masked["entropy"]["auc"] == pytest.approx(0.5)
+        assert masked[a].auc <= masked["gap"].auc + 0.01
+    assert masked["entropy"].auc == pytest.approx(0.5)
 
 
 def test_attacker_thresholds_are_reported_beside_the_oracle(overfit_runs):
-    t = overfit_runs["none"].summary["thresholds"]
+    t = overfit_runs["none"].record.thresholds
     names = " ".join(t)
     assert "shadow threshold" in names and "class thresholds" in names and "noise percentile" in names
     assert "ORACLE" in names
-    oracle = t["confidence: ORACLE (uses true membership)"]["accuracy"]
-    shadow = t["confidence: shadow threshold (Choquette-Choo)"]["accuracy"]
+    oracle = t["confidence: ORACLE (uses true membership)"].accuracy
+    shadow = t["confidence: shadow threshold (Choquette-Choo)"].accuracy
     assert 0.5 <= shadow <= oracle + 1e-9  # an attacker's threshold never beats the oracle on the same data
 
 
@@ -147,5 +147,5 @@ def test_interval_bounds_contain_every_point_of_the_ball(trained_cnn, digits):
 
 
 def test_verified_confidence_is_reported(overfit_runs):
-    m = overfit_runs["none"].summary["attacks"]["verified_confidence"]
-    assert 0.4 < m["auc"] < 1.0
+    m = overfit_runs["none"].record.attacks["verified_confidence"]
+    assert 0.4 < m.auc < 1.0

@@ -127,11 +127,12 @@ def test_unknown_defense_and_bad_strength():
 @pytest.mark.parametrize("defense", sorted(set(DEFENSES) - {"none"}))
 def test_every_defense_runs_end_to_end(tmp_path, defense):
     cfg = ExperimentConfig(width=64, members=120, epochs=4, bootstrap_rounds=0, reference_scored=60,
-                           distance_method="deepfool", lira_shadows=2, label_only_queries=200, defense=defense, defense_strength=0.5 if defense != "dp_sgd" else 1.0)
-    r = run_experiment(cfg, store_root=tmp_path)
-    assert r.summary["config"]["defense"] == defense
-    assert 0 <= r.summary["test_accuracy"] <= 1
+                           distance_method="deepfool", lira_shadows=2, label_only_queries=200, defense=defense,
+                           defense_strength={"dp_sgd": 1.0, "early_stopping": 1.0}.get(defense, 0.5))
+    r = run_experiment(cfg, store=tmp_path)
+    assert r.record.config.defense == defense
+    assert 0 <= r.record.test_accuracy <= 1
     if defense == "dp_sgd":
-        assert 0 < r.summary["defense"]["epsilon"] < float("inf")
+        assert 0 < r.record.defense.epsilon < float("inf")
     if defense in ("pgd_at", "trades"):
-        assert 0 <= r.summary["defense"]["robust_accuracy"] <= 1
+        assert 0 <= r.record.defense.robust_accuracy <= 1

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from mia_core.distances import METHODS, minimal_perturbation
+from mia_core.distances import SEARCHES, minimal_perturbation
 
 
 def affine_model(d=20, k=5, seed=0):
@@ -32,7 +32,7 @@ def closed_form(model, x, p):
     return dist.min(1).values.numpy()
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", list(SEARCHES))
 @pytest.mark.parametrize("norm", [2.0, math.inf])
 @pytest.mark.parametrize("batch_size", [64, 512])
 def test_matches_closed_form_on_affine_model(method, norm, batch_size):
@@ -75,7 +75,7 @@ def box_closed_form(model, x, p):
     return out
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", list(SEARCHES))
 @pytest.mark.parametrize("norm", [2.0, math.inf])
 def test_near_the_box_minimum_where_the_box_binds(method, norm):
     """Inputs with many coordinates at 0 (like a black background): the box is part of the problem."""
@@ -118,7 +118,7 @@ def test_the_callers_model_is_left_as_it_was(trained_cnn, digits):
         assert torch.equal(p, before[name]), name
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", list(SEARCHES))
 @pytest.mark.parametrize("norm", [2.0, math.inf])
 @pytest.mark.parametrize("net", ["trained_mlp", "trained_cnn"])
 def test_results_are_verified_on_trained_networks(request, digits, method, norm, net):

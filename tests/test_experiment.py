@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from mia_core.attacks import ATTACKS
+from mia_core.metrics import FPR_LEVELS
+from mia_core.records import RunRecord
 from mia_core.cli import main
 from mia_core.experiment import ExperimentConfig, list_runs, run_experiment
 from mia_core.models import build_model
@@ -25,13 +27,13 @@ def test_cli_end_to_end(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mia_core", "run", *SMALL, "--seed", "0", "--out", str(out),
                            "--store", str(tmp_path / "store")], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["train_accuracy"] >= summary["test_accuracy"] > 0.8
-    for a in ATTACKS:
-        m = summary["attacks"][a]
-        assert 0 <= m["auc"] <= 1 and set(m["tpr_at_fpr"]) == {"0.001", "0.01", "0.1"}
+    record = RunRecord.from_json(json.loads((out / "summary.json").read_text()))
+    assert record.train_accuracy >= record.test_accuracy > 0.8
+    assert list(record.attacks) == list(ATTACKS)
+    for m in record.attacks.values():
+        assert 0 <= m.auc <= 1 and set(m.tpr_at_fpr) == set(FPR_LEVELS)
     # an overfit model leaks: members are farther from the boundary and lower-loss
-    assert summary["attacks"]["distance_l2"]["auc"] > 0.5 and summary["attacks"]["loss"]["auc"] > 0.5
+    assert record.attacks["distance_l2"].auc > 0.5 and record.attacks["loss"].auc > 0.5
     assert "distance_l2" in proc.stdout and "AUC" in proc.stdout  # the readable table
     assert "training" in proc.stderr  # progress was shown
     table = (out / "per_sample.csv").read_text().splitlines()
@@ -57,14 +59,14 @@ def _cfg(**kw):
 
 
 def test_same_config_is_reused_and_deterministic(store, tmp_path):
-    a = run_experiment(_cfg(), store_root=store)
-    b = run_experiment(_cfg(), store_root=store)
+    a = run_experiment(_cfg(), store=store)
+    b = run_experiment(_cfg(), store=store)
     assert not a.reused and b.reused and a.eval_dir == b.eval_dir
-    c = run_experiment(_cfg(), store_root=tmp_path / "other")
-    assert c.summary["attacks"] == a.summary["attacks"]
-    np.testing.assert_array_equal(c.arrays["members/distance_l2"], a.arrays["members/distance_l2"])
+    c = run_experiment(_cfg(), store=tmp_path / "other")
+    assert c.record.to_json()["attacks"] == a.record.to_json()["attacks"]
+    np.testing.assert_array_equal(c.scores("distance_l2", "members"), a.scores("distance_l2", "members"))
     # a different search reuses the trained model and adds a second evaluation beside it
-    d = run_experiment(_cfg(distance_method="fmn", distance_steps=30), store_root=store)
+    d = run_experiment(_cfg(distance_method="fmn", distance_steps=30), store=store)
     assert d.run_dir == a.run_dir and d.eval_dir != a.eval_dir
     assert len(list_runs(store)) == 2
 
@@ -74,7 +76,7 @@ class Interrupt(Exception):
 
 
 def test_interrupted_run_is_never_read_as_complete(store, snapshot):
-    run_experiment(_cfg(seed=5), store_root=store)
+    run_experiment(_cfg(seed=5), store=store)
     before = snapshot(store)
 
     def progress(stage, frac):
@@ -82,23 +84,23 @@ def test_interrupted_run_is_never_read_as_complete(store, snapshot):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        run_experiment(_cfg(seed=6), store_root=store, progress=progress)
+        run_experiment(_cfg(seed=6), store=store, progress=progress)
     assert snapshot(store) == before  # nothing half-written, nothing earlier lost
-    assert [s["config"]["seed"] for s in list_runs(store)] == [5]
+    assert [r.record.config.seed for r in list_runs(store)] == [5]
 
     def progress_late(stage, frac):
         if stage.startswith("distances") and "nonmembers" in stage:
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        run_experiment(_cfg(seed=6), store_root=store, progress=progress_late)
-    assert [s["config"]["seed"] for s in list_runs(store)] == [5]
-    r = run_experiment(_cfg(seed=6), store_root=store)  # the trained stage is reused, evaluation completes
+        run_experiment(_cfg(seed=6), store=store, progress=progress_late)
+    assert [r.record.config.seed for r in list_runs(store)] == [5]
+    r = run_experiment(_cfg(seed=6), store=store)  # the trained stage is reused, evaluation completes
     assert not r.reused and len(list_runs(store)) == 2
 
 
 def test_checkpoint_evaluation_and_bad_checkpoint(store, tmp_path, snapshot, digits, capsys):
-    run_experiment(_cfg(), store_root=store)
+    run_experiment(_cfg(), store=store)
     before = snapshot(store)
     good = tmp_path / "good.pt"
     torch.manual_seed(0)
@@ -111,19 +113,19 @@ def test_checkpoint_evaluation_and_bad_checkpoint(store, tmp_path, snapshot, dig
         rc = main(["run", *SMALL, "--checkpoint", str(path), "--store", str(store)])
         assert rc == 2 and msg in capsys.readouterr().err
     assert main(["run", *SMALL, "--dataset", "nope", "--store", str(store)]) == 2
-    assert "Unknown dataset" in capsys.readouterr().err
+    assert "unknown dataset 'nope'" in capsys.readouterr().err
     assert snapshot(store) == before
-    r = run_experiment(_cfg(checkpoint=str(good)), store_root=store)
+    r = run_experiment(_cfg(checkpoint=str(good)), store=store)
     # an untrained network is no better than chance on members vs non-members
-    assert abs(r.summary["train_accuracy"] - r.summary["test_accuracy"]) < 0.15
+    assert abs(r.record.train_accuracy - r.record.test_accuracy) < 0.15
 
 
 def _run_in_process(args):
     store, seed = args
     from mia_core.experiment import run_experiment as run
 
-    r = run(_cfg(seed=seed), store_root=store)
-    return r.summary["attacks"]["loss"]["auc"], str(r.eval_dir)
+    r = run(_cfg(seed=seed), store=store)
+    return r.record.attacks["loss"].auc, str(r.eval_dir)
 
 
 def test_two_sessions_at_once_share_the_store_safely(store):

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from mia_core.distances import METHODS, PRECISIONS, minimal_perturbation, strict_float32
+from mia_core.distances import SEARCHES, PRECISIONS, minimal_perturbation, strict_float32
 from mia_core.experiment import ExperimentConfig, run_experiment
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", list(SEARCHES))
 @pytest.mark.parametrize("norm", [2.0, math.inf])
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_distances_on_cuda_are_verified_and_match_cpu(trained_cnn, digits, method, norm, precision):
@@ -39,6 +39,6 @@ def test_distances_on_cuda_are_verified_and_match_cpu(trained_cnn, digits, metho
 def test_experiment_runs_on_cuda(tmp_path):
     cfg = ExperimentConfig(width=64, members=150, epochs=15, bootstrap_rounds=20, reference_scored=100,
                            device="cuda", lira_shadows=4, label_only_queries=300)
-    r = run_experiment(cfg, store_root=tmp_path)
-    assert r.summary["device"].startswith("cuda")
-    assert r.summary["train_accuracy"] >= r.summary["test_accuracy"] > 0.8
+    r = run_experiment(cfg, store=tmp_path)
+    assert r.record.environment.device.startswith("cuda")
+    assert r.record.train_accuracy >= r.record.test_accuracy > 0.8

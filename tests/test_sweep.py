@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from mia_core.experiment import ExperimentConfig, list_runs
+from mia_core.metrics import FPR_LEVELS, AttackMetrics
+from mia_core.records import DefenseInfo, Environment, RunRecord, Timings
 from mia_core.reproduce import format_findings, write_into_readme
 from mia_core.sweep import parse_grid, run_sweep, sweep_points
 
@@ -39,42 +41,47 @@ def test_interrupted_sweep_resumes_without_recomputing(tmp_path):
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # a hard stop, half-way through a point
     proc.wait()
-    finished = {s["eval_dir"] for s in list_runs(store)}
+    finished = {r.eval_dir for r in list_runs(store)}
     assert 2 <= len(finished) < 4
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     rows = [line.split() for line in done.stdout.splitlines()[1:] if line.strip()]
     reused = [r[-1] == "True" for r in rows]
     assert len(rows) == 4 and sum(reused) == len(finished)
-    assert {s["eval_dir"] for s in list_runs(store)} >= finished and len(list_runs(store)) == 4
+    assert {r.eval_dir for r in list_runs(store)} >= finished and len(list_runs(store)) == 4
 
 
 def test_process_pool_and_serial_agree(tmp_path):
     points = sweep_points(BASE, {"none": [0.0], "label_smoothing": [0.2]}, [0])
-    par = run_sweep(points, store_root=tmp_path / "a", executor="process", workers=2)
-    ser = run_sweep(points, store_root=tmp_path / "b", executor="serial")
+    par = run_sweep(points, store=tmp_path / "a", executor="process", workers=2)
+    ser = run_sweep(points, store=tmp_path / "b", executor="serial")
     for (p, _), (s, _) in zip(par, ser):
-        assert p["attacks"]["loss"]["auc"] == pytest.approx(s["attacks"]["loss"]["auc"], abs=1e-6)
-        assert p["config"]["defense"] == s["config"]["defense"]
+        assert p.attacks["loss"].auc == pytest.approx(s.attacks["loss"].auc, abs=1e-6)
+        assert p.config.defense == s.config.defense
 
 
 def test_ray_executor_on_a_local_instance(tmp_path):
     pytest.importorskip("ray")
     points = sweep_points(BASE, {"none": [0.0], "mixup": [1.0]}, [0])
-    out = run_sweep(points, store_root=tmp_path, executor="ray", workers=2)
-    assert [s["config"]["defense"] for s, _ in out] == ["none", "mixup"]
-    again = run_sweep(points, store_root=tmp_path, executor="serial")
+    out = run_sweep(points, store=tmp_path, executor="ray", workers=2)
+    assert [r.config.defense for r, _ in out] == ["none", "mixup"]
+    again = run_sweep(points, store=tmp_path, executor="serial")
     assert all(reused for _, reused in again)
 
 
 def _fake(defense, **kw):
-    base = {"train_accuracy": 1.0, "test_accuracy": 0.9, "defense": {"robust_accuracy": 0.5, "epsilon": 3.0}}
-    attacks = {a: {"auc": 0.6, "oracle_accuracy": 0.55} for a in
-               ("distance_l2", "distance_linf", "loss", "confidence", "adv_confidence")}
-    attacks["gap"] = {"auc": 0.55, "oracle_accuracy": 0.55}
-    for k, v in kw.items():
-        attacks[k] = v
-    return base | {"attacks": attacks, "config": {"defense": defense}}
+    """A RunRecord with chosen AUCs and oracle accuracies, to check the findings' verdicts."""
+    def m(auc, orc):
+        return AttackMetrics(auc=auc, tpr_at_fpr={f: 0.0 for f in FPR_LEVELS}, max_advantage=0.0, oracle_accuracy=orc)
+
+    attacks = {a: m(0.6, 0.55) for a in ("distance_l2", "distance_linf", "loss", "confidence", "adv_confidence")}
+    attacks["gap"] = m(0.55, 0.55)
+    attacks.update({k: m(v["auc"], v["oracle_accuracy"]) for k, v in kw.items()})
+    return RunRecord(config=BASE.replace(defense=defense), train_key="t", eval_key="e", train_accuracy=1.0,
+                     test_accuracy=0.9, n_members=100, n_nonmembers=100, n_reference_scored=50, attacks=attacks,
+                     thresholds={}, defense=DefenseInfo(robust_accuracy=0.5, epsilon=3.0),
+                     timings=Timings(0.0, 0.0, 0.0), environment=Environment("x", "x", "cpu", "x", "x"),
+                     label_only_queries_used=0.0)
 
 
 def test_findings_table_and_readme_markers(tmp_path):

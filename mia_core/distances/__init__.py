@@ -1,0 +1,176 @@
+"""Minimal adversarial perturbations: each sample's L2 / L-inf distance to the decision boundary.
+
+The norm of the smallest input change that flips a prediction is a membership signal: members tend to
+sit farther from the boundary (Li & Zhang, CCS 2021; Choquette-Choo et al., ICML 2021; Kadoche et al. 2022).
+
+Three searches (the SEARCHES registry), fastest to tightest, one file each, all batched on the model's device:
+  * `deepfool`       (deepfool.py) Moosavi-Dezfooli et al., CVPR 2016, with box-aware steps.
+  * `superdeepfool`  (deepfool.py) Abdollahpourrostam, Abroshan & Moosavi-Dezfooli, NeurIPS 2024.
+  * `fmn`            (fmn.py) Pintor et al., NeurIPS 2021, started from the SuperDeepFool point.
+A search only proposes candidates. `minimal_perturbation` then pushes each to the adversarial side, pulls it
+back to the boundary and verifies it with the caller's model (refine.py), so no search can skip the check: a
+reported success really flips the prediction, stays in [0, 1], and carries its true norm ||x_adv - x||.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..models import search_model
+from ..registry import Registry
+from ..tensors import signed_margin, strict_float32
+from .deepfool import SUPERDEEPFOOL_PROJECTIONS, deepfool, deepfool_search, superdeepfool_search
+from .fmn import fmn, fmn_search
+from .refine import boundary_bisection, push_out, refined, verified
+
+Progress = Callable[[str, float], None]
+SearchFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, float, "int | None"], "tuple[torch.Tensor, torch.Tensor]"]
+
+__all__ = ["Perturbation", "SearchSpec", "SEARCHES", "PRECISIONS", "minimal_perturbation", "deepfool",
+           "fmn", "boundary_bisection", "strict_float32", "search_precision", "SUPERDEEPFOOL_PROJECTIONS"]
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """A minimal-perturbation search: fn(model, x, y, norm, steps) -> (candidate points, found)."""
+
+    name: str
+    search: SearchFn
+    help: str
+
+
+SEARCHES: Registry[SearchSpec] = Registry("distance search")
+SEARCHES.register(SearchSpec("deepfool", deepfool_search,
+                             "fastest: iterated linearisation of the nearest boundaries (Moosavi-Dezfooli et al. 2016)"))
+SEARCHES.register(SearchSpec("superdeepfool", superdeepfool_search,
+                             "tighter: DeepFool with boundary projections (Abdollahpourrostam et al. 2024)"))
+SEARCHES.register(SearchSpec("fmn", fmn_search,
+                             "tightest: Fast Minimum-Norm (Pintor et al. 2021) from the SuperDeepFool point"))
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """Result of `minimal_perturbation`, one entry per input sample."""
+
+    norms: np.ndarray  # [N] float64, ||x_adv - x||_p; +inf where none was found; 0 if already misclassified
+    success: np.ndarray  # [N] bool, the prediction at x_adv differs from `labels`
+    x_adv: torch.Tensor  # like x; equals x where no adversarial example was found
+    labels: np.ndarray  # [N] the label each sample was attacked from (prediction or given label)
+    adv_labels: np.ndarray  # [N] the model's prediction at x_adv
+    norm: float  # 2.0 or math.inf
+    method: str
+
+
+@contextlib.contextmanager
+def search_precision(mode: str, device: torch.device) -> Iterator[None]:
+    """Arithmetic for the search phase only: strict fp32, TF32 matmuls and convolutions, or bf16 autocast.
+    Whatever it is, the candidates are re-checked, pulled to the boundary and verified in strict fp32."""
+    if mode == "fp32":
+        with strict_float32():
+            yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        if mode == "bf16":
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+                yield
+        else:
+            yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def minimal_perturbation(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    norm: float = 2.0,
+    labels: torch.Tensor | np.ndarray | None = None,
+    method: str = "fmn",
+    steps: int | None = None,
+    batch_size: int = 512,
+    refine_steps: int = 8,
+    precision: str = "tf32",
+    progress: Progress | None = None,
+) -> Perturbation:
+    """Per-sample minimal L2 / L-inf perturbation that changes the model's prediction.
+
+    Relative to the model's own prediction unless `labels` is given; then a misclassified sample has
+    distance 0 (x_adv = x). `method` names a search in SEARCHES. Runs on the model's device in batches of
+    `batch_size` (memory stays bounded), pulls each found point back to the boundary (`boundary_bisection`)
+    and verifies it with the caller's model (`refine.verified`).
+    `precision` sets the search arithmetic ('fp32', 'tf32' or 'bf16'; TF32 and bf16 only speed up GPUs);
+    the bisection and the verification always run in strict fp32. Inputs must lie in [0, 1].
+    """
+    if norm not in (2.0, math.inf):
+        raise ValueError(f"norm must be 2.0 or math.inf, got {norm}.")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'.")
+    search = SEARCHES.get(method).search
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise ValueError("Inputs must lie in [0, 1]; normalisation belongs inside the model.")
+    with strict_float32():
+        return _minimal_perturbation(model, x, norm, labels, method, search, steps, batch_size, refine_steps,
+                                     precision, progress)
+
+
+def _minimal_perturbation(model, x, norm, labels, method, search, steps, batch_size, refine_steps, precision,
+                          progress) -> Perturbation:
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    n = x.shape[0]
+    if labels is not None:
+        labels = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
+        if labels.shape != (n,):
+            raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}.")
+    fast = search_model(model, x)
+    parts = []
+    for start in range(0, n, batch_size):
+        xb = x[start : start + batch_size].to(device, torch.float32)
+        with torch.no_grad():
+            logits = model(xb)
+        pred = logits.argmax(1)
+        y = pred if labels is None else labels[start : start + batch_size].to(device)
+        correct = pred == y
+        x_adv = xb.clone()
+        if correct.any():
+            xs, ys = xb[correct], y[correct]
+            with search_precision(precision, device):
+                cand, found = search(fast, xs, ys, norm, steps)
+            cand, margins = push_out(fast, xs, ys, cand.float(), found)
+            retry = margins >= 0
+            if precision != "fp32" and retry.any():  # rare: search again in strict fp32
+                cand_r, found_r = search(fast, xs[retry], ys[retry], norm, steps)
+                with torch.no_grad():
+                    g_r = signed_margin(fast(cand_r), ys[retry])
+                cand[retry], margins[retry] = cand_r, torch.where(found_r, g_r, torch.inf)
+            x_adv[correct] = refined(fast, xs, ys, cand, margins < 0, refine_steps, margins,
+                                     signed_margin(logits[correct], ys))
+        parts.append((y, *verified(model, xb, x_adv, y, norm)))  # the verdict comes from the caller's model
+        if progress:
+            progress(f"distances ({method}, L{'inf' if math.isinf(norm) else 2})", min(1.0, (start + batch_size) / n))
+    model.train(was_training)
+    if n == 0:
+        empty = np.zeros(0)
+        return Perturbation(empty, empty.astype(bool), x.clone(), empty.astype(int), empty.astype(int), norm, method)
+    y_all, dist, success, x_adv, adv_pred = (torch.cat(p) for p in zip(*parts))
+    return Perturbation(
+        norms=dist.cpu().numpy(),
+        success=success.cpu().numpy(),
+        x_adv=x_adv.to(x.device),
+        labels=y_all.cpu().numpy(),
+        adv_labels=adv_pred.cpu().numpy(),
+        norm=norm,
+        method=method,
+    )

@@ -1,0 +1,265 @@
+"""The evaluation of a trained model, as a pipeline of small typed steps:
+
+    scored_groups -> score_groups (every registered attack, shadow models on demand) -> compute_metrics
+    -> calibrate_thresholds -> summarise -> store_evaluation
+
+Each step takes and returns typed values (ScoreTable, AttackMetrics, ThresholdReport, RunRecord). Attacks read
+what they need from a `GroupScoring` context, whose shared work (minimal perturbations, label-only searches,
+shadow models) is computed once, the first time an attack asks for it.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .attacks import ATTACKS
+from .config import ExperimentConfig
+from .data import Dataset, Split
+from .distances import Perturbation, minimal_perturbation
+from .label_only import LabelOnlyResult, label_only_distance
+from .lira import ShadowSet, lira_scores, phi_from_log_probs, shadow_key, shadow_set
+from .metrics import AttackMetrics, attack_metrics
+from .models import build_model
+from .probabilities import log_probabilities, mask_log_probs
+from .records import Environment, GroupScores, RunRecord, ScoreTable, ThresholdReport, Timings, TrainingRecord
+from .store import Store, atomic_folder, write_json
+from .thresholds import attacker_thresholds
+
+Progress = Callable[[str, float], None]
+
+
+def validation_indices(split: Split, n: int, seed: int) -> np.ndarray:
+    """The defender's validation set: a seeded part of the reference pool (at most half of it)."""
+    n = min(n, len(split.reference) // 2)
+    return np.sort(np.random.default_rng(seed + 2).choice(split.reference, size=n, replace=False))
+
+
+def reference_subset(split: Split, n: int, seed: int, exclude: np.ndarray) -> np.ndarray:
+    """The attacker's scored reference samples: from the pool, never the defender's validation set."""
+    ref = np.setdiff1d(split.reference, exclude)
+    if len(ref) <= n:
+        return ref
+    return np.sort(np.random.default_rng(seed + 1).choice(ref, size=n, replace=False))
+
+
+def scored_groups(split: Split, cfg: ExperimentConfig) -> dict[str, np.ndarray]:
+    """Step 1: the dataset indices of every scored group (members, non-members, scored reference samples)."""
+    return {"members": split.members, "nonmembers": split.nonmembers,
+            "reference": reference_subset(split, cfg.reference_scored, cfg.seed,
+                                          validation_indices(split, cfg.validation_size, cfg.seed))}
+
+
+@dataclass
+class EvaluationInputs:
+    """What an evaluation works on: a trained model, its data and split, and where shadows are cached."""
+
+    config: ExperimentConfig
+    dataset: Dataset
+    split: Split
+    model: nn.Module
+    device: torch.device
+    shadow_dir: Path | None = None
+    progress: Progress | None = None
+
+    def mask(self, logp: np.ndarray) -> np.ndarray:
+        """The target API's output masking (config.output_mask)."""
+        return mask_log_probs(logp, self.config.output_mask)
+
+
+class SharedWork:
+    """Work several groups' attacks share: shadow models and LiRA over the pool (members + non-members)."""
+
+    def __init__(self, inputs: EvaluationInputs):
+        self.inputs = inputs
+        self.groups: dict[str, GroupScoring] = {}
+        self._shadows: ShadowSet | None = None
+        self._lira: dict[str, np.ndarray] | None = None
+
+    @property
+    def pool(self) -> np.ndarray:
+        return np.concatenate([self.inputs.split.members, self.inputs.split.nonmembers])
+
+    def shadows(self) -> ShadowSet:
+        """Shadow models of the target's architecture and recipe, each on a random half of the pool (cached
+        on disk beside the trained model, chunk by chunk)."""
+        if self._shadows is None:
+            i, cfg = self.inputs, self.inputs.config
+            ds, pool = i.dataset, self.pool
+            wd, dropout = cfg.effective_training()
+            self._shadows = shadow_set(
+                lambda: build_model(cfg.model, ds.input_shape, ds.num_classes, width=cfg.width, dropout=dropout),
+                torch.from_numpy(ds.x[pool]).to(i.device), torch.from_numpy(ds.y[pool]).to(i.device),
+                n_models=cfg.lira_shadows, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=wd,
+                seed=cfg.seed, cache_dir=i.shadow_dir, progress=i.progress)
+        return self._shadows
+
+    def lira(self) -> dict[str, np.ndarray]:
+        """Every LiRA variant's scores over the pool, members first (Carlini et al., S&P 2022)."""
+        if self._lira is None:
+            shadows = self.shadows()
+            shadow_phi = shadows.phi(self.inputs.dataset.y[self.pool], self.inputs.mask)
+            target_phi = np.r_[self.groups["members"].artifacts["lira_phi"],
+                               self.groups["nonmembers"].artifacts["lira_phi"]]
+            self._lira = lira_scores(target_phi, shadow_phi, shadows.inside)
+        return self._lira
+
+
+class GroupScoring:
+    """The scoring context an attack's `score(ctx)` reads: one group's inputs on the device, labels, the
+    target's (masked and clean) log-probabilities, and lazily computed, cached perturbations and searches."""
+
+    def __init__(self, group: str, index: np.ndarray, inputs: EvaluationInputs, shared: SharedWork,
+                 pool_offset: int | None):
+        self.group, self.index, self.inputs, self.shared = group, index, inputs, shared
+        self.pool_offset = pool_offset  # where the group's points sit in the shadows' pool (None: not in it)
+        self.x = torch.from_numpy(inputs.dataset.x[index]).to(inputs.device)
+        self.y = inputs.dataset.y[index]
+        self.clean_logp = log_probabilities(inputs.model, self.x)
+        self.logp = inputs.mask(self.clean_logp)
+        self.artifacts: dict[str, np.ndarray] = {"lira_phi": phi_from_log_probs(self.logp, self.y)}
+        self.distance_seconds = 0.0
+        self._perturbations: dict[float, Perturbation] = {}
+        self._label_only: dict[float, LabelOnlyResult] = {}
+
+    @property
+    def model(self) -> nn.Module:
+        return self.inputs.model
+
+    @property
+    def config(self) -> ExperimentConfig:
+        return self.inputs.config
+
+    def _progress(self, stage: str, frac: float) -> None:
+        if self.inputs.progress:
+            self.inputs.progress(f"{stage} on {self.group}", frac)
+
+    def perturbation(self, norm: float) -> Perturbation:
+        """The minimal perturbation of every sample from its true label (config.distance_method)."""
+        if norm not in self._perturbations:
+            t0 = time.perf_counter()
+            p = minimal_perturbation(self.model, self.x, norm=norm, labels=torch.as_tensor(self.y),
+                                     method=self.config.distance_method, steps=self.config.distance_steps,
+                                     progress=self._progress if self.inputs.progress else None)
+            self.distance_seconds += time.perf_counter() - t0
+            self._perturbations[norm] = p
+            if self.group != "reference":  # kept for the per-sample explorer
+                name = "distance_linf" if math.isinf(norm) else "distance_l2"
+                self.artifacts[f"x_adv_{name}"] = p.x_adv.cpu().numpy()
+                self.artifacts[f"adv_label_{name}"] = p.adv_labels
+        return self._perturbations[norm]
+
+    def label_only(self, norm: float) -> LabelOnlyResult:
+        """The label-only (HopSkipJump-style) distance of every sample, within config.label_only_queries."""
+        if norm not in self._label_only:
+            self._progress("label-only search", 0.0)
+            r = label_only_distance(self.model, self.x, self.y, norm=norm, max_queries=self.config.label_only_queries,
+                                    seed=self.config.seed)
+            self._label_only[norm] = r
+            self.artifacts[f"label_only_{'linf' if math.isinf(norm) else 'l2'}_queries"] = r.queries
+        return self._label_only[norm]
+
+    def lira(self, variant: str) -> np.ndarray:
+        """A LiRA variant's scores for this group; NaN for points outside the shadows' pool."""
+        if self.pool_offset is None:
+            return np.full(len(self.y), np.nan)
+        return self.shared.lira()[variant][self.pool_offset : self.pool_offset + len(self.y)]
+
+
+@dataclass
+class ScoringResult:
+    table: ScoreTable
+    shared: SharedWork
+    distance_seconds: float
+
+
+def score_groups(inputs: EvaluationInputs, groups: dict[str, np.ndarray]) -> ScoringResult:
+    """Step 2: every registered attack's score for every sample of every group, as a ScoreTable."""
+    shared = SharedWork(inputs)
+    offsets = {"members": 0, "nonmembers": len(inputs.split.members)}
+    for g, idx in groups.items():
+        shared.groups[g] = GroupScoring(g, idx, inputs, shared, offsets.get(g))
+    out: dict[str, GroupScores] = {}
+    for g, ctx in shared.groups.items():
+        scores = {}
+        for spec in ATTACKS.specs():
+            s = np.asarray(spec.score(ctx))
+            if s.shape != (len(idx := ctx.index),):
+                raise ValueError(f"attack '{spec.name}' returned scores of shape {s.shape} for {len(idx)} samples.")
+            scores[spec.name] = s
+        out[g] = GroupScores(index=ctx.index, label=ctx.y, prediction=ctx.logp.argmax(1), scores=scores,
+                             artifacts=ctx.artifacts)
+    return ScoringResult(ScoreTable(out), shared, sum(c.distance_seconds for c in shared.groups.values()))
+
+
+def compute_metrics(table: ScoreTable, *, bootstrap_rounds: int, seed: int) -> dict[str, AttackMetrics]:
+    """Step 3: every attack's ROC metrics, with thresholds calibrated on its reference scores where it has any."""
+    out = {}
+    for a in ATTACKS:
+        m, n = table.member_nonmember(a)
+        if np.isnan(m).all():  # not defined for this model (I_V on resnet18)
+            out[a] = AttackMetrics.undefined()
+            continue
+        out[a] = attack_metrics(m, n, reference=table.reference_scores(a), bootstrap_rounds=bootstrap_rounds,
+                                seed=seed)
+    return out
+
+
+def calibrate_thresholds(inputs: EvaluationInputs, scoring: ScoringResult) -> dict[str, ThresholdReport]:
+    """Step 4: thresholds an attacker can choose without the evaluation's membership (and the oracle's)."""
+    shadows = scoring.shared.shadows()
+    if inputs.config.output_mask != "none":
+        shadows = ShadowSet(logp=inputs.mask(shadows.logp), inside=shadows.inside)
+    ds = inputs.dataset
+    return attacker_thresholds(scoring.table, shadows, ds.y[scoring.shared.pool], ds.num_classes, inputs.model,
+                               ds.input_shape, inputs.config.seed)
+
+
+def summarise(inputs: EvaluationInputs, scoring: ScoringResult, metrics: dict[str, AttackMetrics],
+              thresholds: dict[str, ThresholdReport], training: TrainingRecord, train_key: str) -> RunRecord:
+    """Step 5: the run record."""
+    table, cfg = scoring.table, inputs.config
+    n_scored = sum(len(g) for g in table.groups.values())
+    queries = table["members"].artifacts.get("label_only_l2_queries")
+    return RunRecord(
+        config=cfg, train_key=train_key, eval_key=cfg.eval_key(),
+        train_accuracy=training.train_accuracy, test_accuracy=training.test_accuracy,
+        n_members=len(inputs.split.members), n_nonmembers=len(inputs.split.nonmembers),
+        n_reference_scored=len(table["reference"]),
+        attacks=metrics, thresholds=thresholds, defense=training.defense,
+        timings=Timings(train_seconds=training.train_seconds, distance_seconds=scoring.distance_seconds,
+                        distance_samples_per_second=2 * n_scored / max(scoring.distance_seconds, 1e-9)),
+        environment=Environment(core=__version__, torch=torch.__version__, device=str(inputs.device),
+                                platform=platform.platform(), finished_at=time.strftime("%Y-%m-%dT%H:%M:%S")),
+        label_only_queries_used=float(np.mean(queries)) if queries is not None and len(queries) else float("nan"),
+        unavailable={a: f"not defined for the '{cfg.model}' model" for a, m in metrics.items() if not m.defined},
+    )
+
+
+def store_evaluation(eval_dir: Path, table: ScoreTable, record: RunRecord) -> None:
+    """Step 6: write scores.npz and summary.json into the evaluation's folder, atomically."""
+    with atomic_folder(eval_dir) as tmp:
+        table.to_npz(tmp / "scores.npz")
+        write_json(tmp / "summary.json", record.to_json())
+
+
+def evaluate(inputs: EvaluationInputs, training: TrainingRecord, store: Store, train_key: str) -> RunRecord:
+    """The whole pipeline for one trained model; writes the evaluation into the store and returns its record."""
+    cfg = inputs.config
+    if inputs.shadow_dir is None:
+        inputs.shadow_dir = store.shadows_dir(train_key, shadow_key(cfg.lira_shadows, cfg.seed))
+    scoring = score_groups(inputs, scored_groups(inputs.split, cfg))
+    metrics = compute_metrics(scoring.table, bootstrap_rounds=cfg.bootstrap_rounds, seed=cfg.seed)
+    thresholds = calibrate_thresholds(inputs, scoring)
+    record = summarise(inputs, scoring, metrics, thresholds, training, train_key)
+    store_evaluation(store.eval_dir(train_key, record.eval_key), scoring.table, record)
+    return record

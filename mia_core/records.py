@@ -1,0 +1,301 @@
+"""Typed results: the run record (what a run measured) and the score table (per-sample scores and artifacts).
+
+A `RunRecord` travels as JSON (`to_json` / `from_json`, NaN written as null); a `ScoreTable` as one .npz file
+(`to_npz` / `from_npz`), the only place where a string key format ("<group>/score/<attack>") exists. Every
+reader (the CLI, the app's pages, reproduce, sweeps, export) works with these types, never with raw dicts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+
+from .config import ExperimentConfig
+from .metrics import FPR_LEVELS, AttackMetrics, CalibratedThreshold
+from .store import json_safe
+
+GROUPS = ("members", "nonmembers", "reference")
+"""members: the training set; nonmembers: held out and scored against them; reference: scored samples of the
+attacker's reference pool (disjoint from both and from the defender's validation set), for calibration."""
+
+
+def _f(v: Any) -> float:
+    """A float read back from JSON, where null stood for NaN."""
+    return float("nan") if v is None else float(v)
+
+
+def _fpr_key(level: float) -> str:
+    return f"{level:g}"
+
+
+def _levels(d: dict[str, Any] | None, conv) -> dict[float, Any]:
+    return {float(k): conv(v) for k, v in (d or {}).items()}
+
+
+# ----------------------------------------------------------------------------- attack metrics as JSON
+
+
+def metrics_to_json(m: AttackMetrics) -> dict[str, Any]:
+    return {
+        "auc": m.auc, "auc_ci": list(m.auc_ci), "max_advantage": m.max_advantage,
+        "oracle_accuracy": m.oracle_accuracy,
+        "tpr_at_fpr": {_fpr_key(k): v for k, v in m.tpr_at_fpr.items()},
+        "tpr_at_fpr_ci": {_fpr_key(k): list(v) for k, v in m.tpr_at_fpr_ci.items()},
+        "calibrated": {_fpr_key(k): {"threshold": c.threshold, "tpr": c.tpr, "fpr": c.fpr}
+                       for k, c in m.calibrated.items()},
+    }
+
+
+def metrics_from_json(d: dict[str, Any]) -> AttackMetrics:
+    return AttackMetrics(
+        auc=_f(d["auc"]), max_advantage=_f(d["max_advantage"]), oracle_accuracy=_f(d["oracle_accuracy"]),
+        auc_ci=tuple(_f(v) for v in d.get("auc_ci", (None, None))),
+        tpr_at_fpr=_levels(d["tpr_at_fpr"], _f),
+        tpr_at_fpr_ci=_levels(d.get("tpr_at_fpr_ci"), lambda v: (_f(v[0]), _f(v[1]))),
+        calibrated=_levels(d.get("calibrated"), lambda c: CalibratedThreshold(_f(c["threshold"]), _f(c["tpr"]),
+                                                                                _f(c["fpr"]))),
+    )
+
+
+# ----------------------------------------------------------------------------- the run record
+
+
+@dataclass(frozen=True)
+class ThresholdReport:
+    """A threshold rule applied to the target: "member if score >= threshold" (NaN threshold: per class)."""
+
+    threshold: float
+    tpr: float
+    fpr: float
+    accuracy: float  # balanced: (TPR + TNR) / 2
+    oracle: bool = False  # chosen with the evaluation's own membership: an upper bound, not an attack
+
+
+@dataclass(frozen=True)
+class DefenseInfo:
+    """What the training defense reported (fields that do not apply to a defense stay None)."""
+
+    robust_accuracy: float | None = None  # non-members under PGD at adv_epsilon
+    robust_train_accuracy: float | None = None
+    epsilon: float | None = None  # DP-SGD's accountant
+    delta: float | None = None
+    noise_multiplier: float | None = None
+    max_grad_norm: float | None = None
+    adv_epsilon: float | None = None
+    adv_norm: str | None = None
+    mmd_passes: tuple[int, ...] | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DefenseInfo":
+        known = {f for f in cls.__dataclass_fields__}
+        kw = {k: v for k, v in d.items() if k in known}
+        if kw.get("mmd_passes") is not None:
+            kw["mmd_passes"] = tuple(kw["mmd_passes"])
+        return cls(**kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """What training (or loading a checkpoint) measured: stored beside the model as training.json."""
+
+    train_accuracy: float
+    test_accuracy: float
+    reference_accuracy: float
+    train_seconds: float
+    device: str
+    defense: DefenseInfo = DefenseInfo()
+    loss_history: tuple[float, ...] = ()
+    accuracy_history: tuple[float, ...] = ()
+    stopped_at: int | None = None  # early stopping's epoch
+
+    def to_json(self) -> dict[str, Any]:
+        return json_safe({"train_accuracy": self.train_accuracy, "test_accuracy": self.test_accuracy,
+                          "reference_accuracy": self.reference_accuracy, "train_seconds": self.train_seconds,
+                          "device": self.device, "defense": self.defense.to_dict(),
+                          "history": {"loss": list(self.loss_history), "train_accuracy": list(self.accuracy_history),
+                                      "stopped_at": self.stopped_at}})
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "TrainingRecord":
+        h = d.get("history") or {}
+        return cls(_f(d["train_accuracy"]), _f(d["test_accuracy"]), _f(d["reference_accuracy"]),
+                   _f(d["train_seconds"]), d["device"], DefenseInfo.from_dict(d.get("defense") or {}),
+                   tuple(h.get("loss", ())), tuple(h.get("train_accuracy", ())), h.get("stopped_at"))
+
+
+@dataclass(frozen=True)
+class Timings:
+    train_seconds: float
+    distance_seconds: float
+    distance_samples_per_second: float
+
+
+@dataclass(frozen=True)
+class Environment:
+    core: str
+    torch: str
+    device: str
+    platform: str
+    finished_at: str
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """Everything a finished run measured: its config, accuracies, every attack's metrics (in the attack
+    registry's order), attacker-chosen thresholds, the defense's own report, timings and environment."""
+
+    config: ExperimentConfig
+    train_key: str
+    eval_key: str
+    train_accuracy: float
+    test_accuracy: float
+    n_members: int
+    n_nonmembers: int
+    n_reference_scored: int
+    attacks: dict[str, AttackMetrics]
+    thresholds: dict[str, ThresholdReport]
+    defense: DefenseInfo
+    timings: Timings
+    environment: Environment
+    label_only_queries_used: float
+    unavailable: dict[str, str] = field(default_factory=dict)  # attack -> why it has no score here
+
+    @property
+    def generalization_gap(self) -> float:
+        return self.train_accuracy - self.test_accuracy
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.train_key}/eval-{self.eval_key}"
+
+    def defined_attacks(self) -> list[str]:
+        return [a for a, m in self.attacks.items() if m.defined]
+
+    def to_json(self) -> dict[str, Any]:
+        return json_safe({
+            "config": self.config.to_dict(), "train_key": self.train_key, "eval_key": self.eval_key,
+            "train_accuracy": self.train_accuracy, "test_accuracy": self.test_accuracy,
+            "generalization_gap": self.generalization_gap,
+            "n_members": self.n_members, "n_nonmembers": self.n_nonmembers,
+            "n_reference_scored": self.n_reference_scored,
+            "attacks": [{"name": a, **metrics_to_json(m)} for a, m in self.attacks.items()],  # lists keep the order
+            "thresholds": [{"rule": k, **t.__dict__} for k, t in self.thresholds.items()],
+            "defense": self.defense.to_dict(), "timings": self.timings.__dict__,
+            "environment": self.environment.__dict__, "label_only_queries_used": self.label_only_queries_used,
+            "unavailable": self.unavailable,
+        })
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "RunRecord":
+        return cls(
+            config=ExperimentConfig.from_dict(d["config"]), train_key=d["train_key"], eval_key=d["eval_key"],
+            train_accuracy=_f(d["train_accuracy"]), test_accuracy=_f(d["test_accuracy"]),
+            n_members=int(d["n_members"]), n_nonmembers=int(d["n_nonmembers"]),
+            n_reference_scored=int(d["n_reference_scored"]),
+            attacks={m["name"]: metrics_from_json(m) for m in d["attacks"]},
+            thresholds={t["rule"]: ThresholdReport(_f(t["threshold"]), _f(t["tpr"]), _f(t["fpr"]), _f(t["accuracy"]),
+                                                   bool(t.get("oracle", False))) for t in d["thresholds"]},
+            defense=DefenseInfo.from_dict(d.get("defense") or {}),
+            timings=Timings(**{k: _f(v) for k, v in d["timings"].items()}),
+            environment=Environment(**d["environment"]),
+            label_only_queries_used=_f(d.get("label_only_queries_used")),
+            unavailable=dict(d.get("unavailable") or {}),
+        )
+
+
+# ----------------------------------------------------------------------------- the score table
+
+
+@dataclass
+class GroupScores:
+    """One group's samples: dataset indices, labels, predictions, every attack's score, and artifacts (the
+    searches' adversarial examples and labels, query counts, LiRA's phi), kept apart from the scores."""
+
+    index: np.ndarray
+    label: np.ndarray
+    prediction: np.ndarray
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+    artifacts: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+_BASE = ("index", "label", "prediction")
+
+
+@dataclass
+class ScoreTable:
+    """Per-sample results of one evaluation, by group (GROUPS)."""
+
+    groups: dict[str, GroupScores]
+
+    def __getitem__(self, group: str) -> GroupScores:
+        return self.groups[group]
+
+    def scores(self, attack: str, group: str) -> np.ndarray:
+        return self.groups[group].scores[attack]
+
+    def member_nonmember(self, attack: str) -> tuple[np.ndarray, np.ndarray]:
+        return self.scores(attack, "members"), self.scores(attack, "nonmembers")
+
+    def reference_scores(self, attack: str) -> np.ndarray | None:
+        """The reference group's scores, or None where the attack has none (all NaN)."""
+        ref = self.scores(attack, "reference")
+        return None if np.isnan(ref).all() else ref
+
+    def attacks(self) -> list[str]:
+        return list(self.groups["members"].scores)
+
+    def to_npz(self, path: str | Path) -> None:
+        arrays: dict[str, np.ndarray] = {}
+        for g, gs in self.groups.items():
+            for b in _BASE:
+                arrays[f"{g}/{b}"] = getattr(gs, b)
+            arrays.update({f"{g}/score/{k}": v for k, v in gs.scores.items()})
+            arrays.update({f"{g}/artifact/{k}": v for k, v in gs.artifacts.items()})
+        np.savez_compressed(path, **arrays)
+
+    @classmethod
+    def from_npz(cls, path: str | Path, *, artifacts: bool = True) -> "ScoreTable":
+        """Read a table; with artifacts=False the (large) adversarial examples are not loaded."""
+        groups: dict[str, GroupScores] = {}
+        with np.load(path, allow_pickle=False) as z:
+            names = z.files
+            for g in dict.fromkeys(n.split("/", 1)[0] for n in names):
+                gs = GroupScores(*(z[f"{g}/{b}"] for b in _BASE))
+                for n in names:
+                    head, _, rest = n.partition("/")
+                    if head != g:
+                        continue
+                    kind, _, key = rest.partition("/")
+                    if kind == "score":
+                        gs.scores[key] = z[n]
+                    elif kind == "artifact" and artifacts:
+                        gs.artifacts[key] = z[n]
+                groups[g] = gs
+        return cls(groups)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per scored sample: dataset index, group, member flag, label, prediction, every score."""
+        frames = []
+        for g, gs in self.groups.items():
+            cols: dict[str, Any] = {"index": gs.index, "group": g, "member": int(g == "members"),
+                                    "label": gs.label, "prediction": gs.prediction}
+            cols.update(gs.scores)
+            frames.append(pd.DataFrame(cols))
+        return pd.concat(frames, ignore_index=True)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.groups)
+
+
+__all__ = ["GROUPS", "FPR_LEVELS", "AttackMetrics", "CalibratedThreshold", "ThresholdReport", "DefenseInfo",
+           "TrainingRecord", "Timings", "Environment", "RunRecord", "GroupScores", "ScoreTable"]
