@@ -155,6 +155,10 @@ def _softmax(name: str) -> Callable[["GroupScoring"], np.ndarray]:
     return lambda ctx: SOFTMAX_SCORES[name](ctx.logp, ctx.y)
 
 
+def _lira(variant: str) -> Callable[["GroupScoring"], np.ndarray]:
+    return lambda ctx: ctx.lira(variant)
+
+
 def _verified(ctx: "GroupScoring") -> np.ndarray:
     iv = verified_confidence_score(ctx.model, ctx.x, ctx.y, eps=ctx.config.adv_epsilon)
     return np.full(len(ctx.y), np.nan) if iv is None else iv
@@ -195,18 +199,15 @@ for _spec in (
     AttackSpec("verified_confidence", "Verified confidence (I_V)", "adversarial",
                "True-label probability of the verified worst case in the epsilon-ball, by interval bound "
                "propagation (Song et al. 2019's I_V; not defined for resnet18).", _verified),
-    AttackSpec("lira_online", "LiRA online", "shadow models",
-               "LiRA (Carlini et al. 2022): likelihood ratio of IN vs OUT shadow-model Gaussians.",
-               lambda ctx: ctx.lira("lira_online"), needs_shadows=True),
-    AttackSpec("lira_online_fixed", "LiRA online, fixed variance", "shadow models",
-               "LiRA online with one global variance (steadier with few shadows).",
-               lambda ctx: ctx.lira("lira_online_fixed"), needs_shadows=True),
-    AttackSpec("lira_offline", "LiRA offline", "shadow models",
-               "LiRA offline: how far above the OUT shadow-model Gaussian (no IN models needed).",
-               lambda ctx: ctx.lira("lira_offline"), needs_shadows=True),
-    AttackSpec("lira_offline_fixed", "LiRA offline, fixed variance", "shadow models",
-               "LiRA offline with one global variance.",
-               lambda ctx: ctx.lira("lira_offline_fixed"), needs_shadows=True),
+    *(AttackSpec(name, title, "shadow models", help, _lira(name), needs_shadows=True) for name, title, help in (
+        ("lira_online", "LiRA online",
+         "LiRA (Carlini et al. 2022): likelihood ratio of IN vs OUT shadow-model Gaussians."),
+        ("lira_online_fixed", "LiRA online, fixed variance",
+         "LiRA online with one global variance (steadier with few shadows)."),
+        ("lira_offline", "LiRA offline",
+         "LiRA offline: how far above the OUT shadow-model Gaussian (no IN models needed)."),
+        ("lira_offline_fixed", "LiRA offline, fixed variance", "LiRA offline with one global variance."),
+    )),
     AttackSpec("local_variation", "Local variation (experimental)", "experimental",
                "This project's reading of Kadoche et al. 2022: minus the loss change from x to its minimal "
                "adversarial example per unit of L2 distance (flatter = more member-like).", _local_variation),

@@ -111,7 +111,8 @@ def test_attacks_page_threshold_and_table(app_store):
     at.slider(key="thr_percentile").set_value(90.0).run()
     assert not at.exception
     # at the 90th percentile at most ~10% of all evaluated samples are flagged
-    flagged = int(at.table[0].value["predicted member"].sum())
+    confusion = [t.value for t in at.table if "predicted member" in t.value.columns][0]
+    flagged = int(confusion["predicted member"].sum())
     assert flagged <= 0.11 * (rec.n_members + rec.n_nonmembers) + 2
     at.toggle(key="roc_log").set_value(True).run()
     assert not at.exception
@@ -212,7 +213,7 @@ def test_checkpoint_upload_is_validated_and_never_unpickled(app_store, capsys):
     evil = io.BytesIO()
     torch.save({"w": _Evil()}, evil)
     at = _open("pages/experiment.py", app_store)
-    at.file_uploader[0].upload("model.pt", evil.getvalue()).run()
+    at.file_uploader(key="ckpt_upload").upload("model.pt", evil.getvalue()).run()
     at.button(key="ckpt_evaluate").click().run()
     assert not at.exception
     assert any("not a readable checkpoint" in e.value for e in at.error), [e.value for e in at.error]
@@ -224,7 +225,7 @@ def test_checkpoint_upload_is_validated_and_never_unpickled(app_store, capsys):
     torch.manual_seed(0)
     torch.save(build_model("mlp", (1, 8, 8), 10, width=ex.DEFAULT_CONFIG.width).state_dict(), good)
     at = _open("pages/experiment.py", app_store)
-    at.file_uploader[0].upload("model.pt", good.getvalue()).run()
+    at.file_uploader(key="ckpt_upload").upload("model.pt", good.getvalue()).run()
     at.button(key="ckpt_evaluate").click().run()
     assert not at.exception, at.exception
     assert any("Checkpoint evaluated" in s.value for s in at.success), [e.value for e in at.error]
