@@ -18,6 +18,19 @@ RUN_ERRORS = (ValueError, OSError)
 errors are ValueErrors; a full disk or an unreadable file is an OSError."""
 
 
+_MARKDOWN = str.maketrans({c: "\\" + c for c in "\\`*_[]()#!|<>~$"})
+
+
+def plain(text: object) -> str:
+    """`text` with Markdown's special characters escaped, so a user's file name or path is shown as written
+    (an image link in it is never fetched)."""
+    return str(text).translate(_MARKDOWN)
+
+
+def show_error(err: BaseException) -> None:
+    st.error(plain(err))
+
+
 def store() -> Store:
     """The store the app reads and writes: $MIA_STORE, else ./mia_runs (resolved on every call)."""
     return Store.resolve()
@@ -42,12 +55,15 @@ def current_run() -> ex.RunResult | None:
     s = store()
     try:
         s.eval_path(rid)
-    except StoreError:
+        run = open_run(str(s.root), rid)
+    except StoreError as err:  # not a run of this store, or a damaged one
+        if not str(err).startswith(("No finished run", f"'{rid}' is not a run id")):
+            st.warning(plain(err))
         return None
     st.session_state["run"] = rid
     if st.query_params.get("run") != rid:
         st.query_params["run"] = rid
-    return open_run(str(s.root), rid)
+    return run
 
 
 def run_with_progress(config: ExperimentConfig, label: str = "Running the experiment", *,
@@ -98,14 +114,19 @@ def rocs(run: ex.RunResult, attacks) -> dict:
 
 
 @st.cache_data(show_spinner=False)
-def store_runs(root: str, version: float) -> list[ex.StoredRun]:
-    """Every finished run in the store; `version` (Store.version) invalidates the cache."""
-    return ex.list_runs(Store(root))
+def store_scan(root: str, version: float) -> ex.StoreScan:
+    """Every finished run in the store and every damaged one; `version` (Store.version) invalidates the cache."""
+    return ex.scan_store(Store(root))
 
 
 def all_runs() -> list[ex.StoredRun]:
     s = store()
-    return store_runs(str(s.root), s.version())
+    return store_scan(str(s.root), s.version()).runs
+
+
+def damaged_runs() -> list[ex.DamagedRun]:
+    s = store()
+    return store_scan(str(s.root), s.version()).damaged
 
 
 @st.cache_data(max_entries=16, show_spinner=False)

@@ -12,7 +12,7 @@ from . import views
 from .config import ExperimentConfig
 from .data import DATASETS, DatasetError, download_dataset
 from .defenses import DEFENSES
-from .experiment import list_runs, run_experiment
+from .experiment import collect_garbage, repair_store, run_experiment, scan_store
 from .metrics import FPR_LEVELS
 from .records import RunRecord
 from .store import DEFAULT_FOLDER, STORE_ENV, Store, write_json
@@ -135,16 +135,36 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 def cmd_runs(a: argparse.Namespace) -> int:
-    runs = list_runs(Store.resolve(a.store))
+    store = Store.resolve(a.store)
+    if a.repair:
+        removed = repair_store(store)
+        for d in removed:
+            print(f"removed damaged {d.run_id}: {d.reason}")
+        print(f"{len(removed)} damaged run(s) removed; run their configurations again to recompute them.")
+        return 0
+    scan = scan_store(store, checksums=a.verify)
     if a.json:
-        print(json.dumps([r.record.to_json() | {"eval_dir": str(r.eval_dir)} for r in runs], indent=2))
+        print(json.dumps({"runs": [r.record.to_json() | {"eval_dir": str(r.eval_dir)} for r in scan.runs],
+                          "damaged": [{"run": d.run_id, "path": str(d.path), "reason": d.reason}
+                                      for d in scan.damaged]}, indent=2, allow_nan=False))
         return 0
     print(f"{'finished':<20}{'test acc':>9}{'best AUC':>9}  {'run':<40} what")
-    for r in runs:
+    for r in scan.runs:
         rec = r.record
         best = rec.attacks[views.best_attack(rec)].auc
         print(f"{rec.environment.finished_at:<20}{rec.test_accuracy:>9.3f}{best:>9.3f}  {r.run_id:<40} "
               f"{views.describe(rec.config)}")
+    for d in scan.damaged:
+        print(f"{'DAMAGED':<38}  {d.run_id:<40} {d.reason}")
+    if scan.damaged:
+        print(f"\n{len(scan.damaged)} damaged run(s): `runs --repair` removes them; the next request for their "
+              "configuration recomputes them.", file=sys.stderr)
+    return 0
+
+
+def cmd_gc(a: argparse.Namespace) -> int:
+    done = collect_garbage(Store.resolve(a.store), older_than_s=a.older_than * 3600)
+    print(f"removed {done.temporaries} leftover(s) of interrupted writes and {len(done.uploads)} unused upload(s)")
     return 0
 
 
@@ -200,8 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     runs = sub.add_parser("runs", help="list the runs in the store")
     runs.add_argument("--store", default=None, help=f"store folder (default: ${STORE_ENV} or ./{DEFAULT_FOLDER})")
-    runs.add_argument("--json", action="store_true", help="print the summaries as JSON")
+    runs.add_argument("--json", action="store_true", help="print the summaries (and damaged runs) as JSON")
+    runs.add_argument("--verify", action="store_true", help="check every file against its checksum (slower)")
+    runs.add_argument("--repair", action="store_true",
+                      help="remove damaged runs (checksums checked) so that they are recomputed on the next request")
     runs.set_defaults(func=cmd_runs)
+    gc = sub.add_parser("gc", help="remove leftovers of interrupted writes and uploads no run uses")
+    gc.add_argument("--store", default=None, help=f"store folder (default: ${STORE_ENV} or ./{DEFAULT_FOLDER})")
+    gc.add_argument("--older-than", type=float, default=1.0, help="hours a leftover must be old. Default: %(default)s")
+    gc.set_defaults(func=cmd_gc)
     sw = sub.add_parser("sweep", help="run a grid of defenses x strengths x seeds into the store (resumable)",
                         description="Each point is a run in the store: finished points are reused, so an "
                                     "interrupted sweep resumes where it stopped. Example: --grid none "
@@ -236,6 +263,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (DatasetError, CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("error: out of memory: the data or the model is too large for this machine.", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk, a read-only folder, an unreadable file
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"error: {err.strerror or err}{where}. Nothing partial was stored.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: nothing partial was stored; run the same command again to start over.", file=sys.stderr)

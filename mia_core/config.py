@@ -11,6 +11,7 @@ import dataclasses
 import enum
 import math
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Callable
 
 from . import __version__
@@ -170,6 +171,8 @@ class ExperimentConfig:
             msg = DEFENSES.get(self.defense).check_strength(float(self.defense_strength))
             if msg and self.defense != "none":
                 out.append(msg)
+        if isinstance(self.checkpoint, str) and self.checkpoint and not Path(self.checkpoint).is_file():
+            out.append(f"checkpoint {self.checkpoint} is not a file")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda") or
                                           self.device == "mps"):
             out.append(f"device must be auto, cpu, cuda or cuda:N, got '{self.device}'")

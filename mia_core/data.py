@@ -167,6 +167,9 @@ def download_dataset(name: str, data_dir: str) -> Path:
     return Path(data_dir)
 
 
+MAX_CLASSES = 10_000
+
+
 def load_npz_dataset(path: str | Path, *, name: str | None = None) -> Dataset:
     """A user's .npz with arrays `x` ([N, ...], values in [0, 1] or uint8 0..255) and `y` ([N] integer labels).
 
@@ -193,6 +196,11 @@ def load_npz_dataset(path: str | Path, *, name: str | None = None) -> Dataset:
         raise DatasetError(f"{path.name}: labels y must be integers; got dtype {y.dtype}.")
     if y.min() < 0:
         raise DatasetError(f"{path.name}: labels must be >= 0.")
+    if y.max() >= MAX_CLASSES:
+        raise DatasetError(f"{path.name}: labels must be 0..C-1 with at most {MAX_CLASSES:,} classes; the largest "
+                           f"label is {int(y.max()):,}.")
+    if len(np.unique(y)) < 2:
+        raise DatasetError(f"{path.name}: all {len(y)} labels are {int(y[0])}; a classifier needs at least 2 classes.")
     if np.issubdtype(x.dtype, np.integer) and x.max() > 1:
         x = x.astype(np.float32) / 255.0
     x = x.astype(np.float32)

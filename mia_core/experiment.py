@@ -25,7 +25,9 @@ from .defenses import DEFENSES, DefenseContext, make_objective
 from .evaluation import EvaluationInputs, evaluate, validation_indices  # noqa: F401  (re-exported)
 from .models import build_model, pick_device
 from .records import GROUPS, DefenseInfo, RunRecord, ScoreTable, TrainingRecord  # noqa: F401
-from .store import Store, atomic_folder, read_json, write_json
+from .store import (
+    Store, StoreError, atomic_folder, discard_folder, folder_problem, read_json, remove_stale_temporaries, write_json,
+)
 from .training import TrainConfig, accuracy, load_weights, read_state_dict, save_checkpoint, seed_everything, train
 
 Progress = Callable[[str, float], None]
@@ -162,6 +164,9 @@ def run_experiment(
     key = train_key(config, ds)
     run_dir = st.run_dir(key)
     eval_dir = st.eval_dir(key, config.eval_key())
+    for folder in (run_dir, eval_dir):  # a damaged stored stage is recomputed, never reused
+        if folder.is_dir() and folder_problem(folder) is not None:
+            discard_folder(folder)
     reused = eval_dir.is_dir()
     if not run_dir.is_dir():
         _train_stage(config, run_dir, ds, device, progress)
@@ -180,11 +185,16 @@ def _assemble(st: Store, config, eval_dir: Path, ds, model, split, reused: bool)
 
 
 def load_run(run: str | Path, *, store: Store | str | Path | None = None, device: str = "auto") -> RunResult:
-    """Reopen a finished run (no training, no search): by its id in the store, or by its evaluation folder."""
+    """Reopen a finished run (no training, no search): by its id in the store, or by its evaluation folder.
+    Its files are checked against their manifests first: a damaged run raises StoreError naming the problem."""
     st = Store.resolve(store)
     eval_dir = Path(run)
     if not (eval_dir / "summary.json").is_file():
         eval_dir = st.eval_path(str(run))
+    for folder in (eval_dir.parent, eval_dir):
+        if problem := folder_problem(folder):
+            raise StoreError(f"The run {Store.run_id(eval_dir)} is damaged ({folder.name}: {problem}); run its "
+                             "configuration again to recompute it (`python -m mia_core runs --repair` removes it).")
     record = RunRecord.from_json(read_json(eval_dir / "summary.json"))
     config = record.config
     ds = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
@@ -204,14 +214,78 @@ class StoredRun:
         return Store.run_id(self.eval_dir)
 
 
-def list_runs(store: Store | str | Path | None = None) -> list[StoredRun]:
-    """Every finished evaluation in the store, newest first (interrupted or unreadable runs never appear)."""
+@dataclass(frozen=True)
+class DamagedRun:
+    """A folder in the store that is not a usable run, and why."""
+
+    path: Path
+    reason: str
+
+    @property
+    def run_id(self) -> str:
+        return Store.run_id(self.path) if self.path.name.startswith("eval-") else self.path.name
+
+
+@dataclass(frozen=True)
+class StoreScan:
+    runs: list[StoredRun]
+    damaged: list[DamagedRun]
+
+
+def scan_store(store: Store | str | Path | None = None, *, checksums: bool = False) -> StoreScan:
+    """Every finished evaluation in the store, newest first, and every damaged one with the reason. Sizes are
+    always checked against the manifests, contents too with `checksums` (`runs --verify`)."""
     st = Store.resolve(store)
-    out = []
+    runs, damaged = [], []
     for eval_dir in st.evaluation_dirs():
-        try:
-            record = RunRecord.from_json(read_json(eval_dir / "summary.json"))
-        except (OSError, ValueError, KeyError, TypeError):
+        problem = folder_problem(eval_dir.parent, checksums=checksums) or folder_problem(eval_dir, checksums=checksums)
+        if problem:
+            damaged.append(DamagedRun(eval_dir, problem))
             continue
-        out.append(StoredRun(record, eval_dir))
-    return sorted(out, key=lambda r: r.record.environment.finished_at, reverse=True)
+        try:
+            runs.append(StoredRun(RunRecord.from_json(read_json(eval_dir / "summary.json")), eval_dir))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            damaged.append(DamagedRun(eval_dir, f"unreadable summary ({type(err).__name__})"))
+    runs.sort(key=lambda r: r.record.environment.finished_at, reverse=True)
+    return StoreScan(runs, damaged)
+
+
+def list_runs(store: Store | str | Path | None = None) -> list[StoredRun]:
+    """Every finished, intact evaluation in the store, newest first (interrupted or damaged runs never appear)."""
+    return scan_store(store).runs
+
+
+def repair_store(store: Store | str | Path | None = None) -> list[DamagedRun]:
+    """Remove every damaged run (contents checked), so that its configuration is recomputed on the next request;
+    a damaged trained model goes with every evaluation of it. Returns what was removed."""
+    st = Store.resolve(store)
+    damaged = scan_store(st, checksums=True).damaged
+    for d in damaged:
+        model_problem = folder_problem(d.path.parent)
+        discard_folder(d.path.parent if model_problem else d.path)
+    return damaged
+
+
+@dataclass(frozen=True)
+class Collected:
+    temporaries: int
+    uploads: list[Path]
+
+
+def collect_garbage(store: Store | str | Path | None = None, *, older_than_s: float = 3600) -> Collected:
+    """Remove leftovers of interrupted writes older than `older_than_s` and uploads that no stored model uses."""
+    st = Store.resolve(store)
+    temporaries = remove_stale_temporaries(st.root, older_than_s)
+    used = set()
+    for cfg_file in st.root.glob("*/config.json"):
+        try:
+            ckpt = read_json(cfg_file).get("checkpoint")
+        except (OSError, ValueError):
+            continue
+        if ckpt:
+            used.add(Path(ckpt).name)
+    unused = [p for p in st.uploads.glob("*") if p.is_file() and not p.name.startswith(".") and p.name not in used
+              and time.time() - p.stat().st_mtime > older_than_s]
+    for p in unused:
+        p.unlink(missing_ok=True)
+    return Collected(temporaries, unused)

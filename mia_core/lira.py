@@ -11,7 +11,6 @@ under `vmap` runs every model's batch in one call, and one Adam steps them all.
 from __future__ import annotations
 
 import copy
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,7 +23,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
 from .probabilities import precise_log_softmax
-from .store import config_hash
+from .store import atomic_folder, config_hash, discard_folder, folder_problem
 
 VARIANTS = ("lira_online", "lira_online_fixed", "lira_offline", "lira_offline_fixed")
 
@@ -120,26 +119,34 @@ def shadow_set(
     subsets = np.array(subsets[:n_models])
     parts = []
     for c in range(0, n_models, chunk):
-        path = cache_dir / f"chunk-{c // chunk:03d}.npz" if cache_dir else None
-        if path is not None and path.exists():
-            with np.load(path) as z:
-                parts.append(z["logp"])
-        else:
+        folder = cache_dir / f"chunk-{c // chunk:03d}" if cache_dir else None
+        logp = _read_chunk(folder) if folder is not None else None
+        if logp is None:
             sub = torch.from_numpy(subsets[c : c + chunk]).to(x.device)
             logp = train_shadow_chunk(build, x, y, sub, epochs=epochs, batch_size=batch_size, lr=lr,
                                       weight_decay=weight_decay, seed=seed + 7919 * (c + 1)).cpu().numpy()
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".tmp-{path.stem}-{uuid.uuid4().hex}.npz")  # unique: writers never collide
-                np.savez(tmp, logp=logp)
-                tmp.replace(path)
-            parts.append(logp)
+            if folder is not None:
+                discard_folder(folder)  # a damaged chunk is replaced
+                with atomic_folder(folder) as tmp:  # a unique temporary name: writers never collide
+                    np.savez(tmp / "logp.npz", logp=logp)
+        parts.append(logp)
         if progress:
             progress("shadow models (LiRA)", min(1.0, (c + chunk) / n_models))
     inside = np.zeros((n_models, n), dtype=bool)
     for i, sub in enumerate(subsets):
         inside[i, sub] = True
     return ShadowSet(logp=np.concatenate(parts), inside=inside)
+
+
+def _read_chunk(folder: Path) -> np.ndarray | None:
+    """A stored chunk's log-probabilities, or None when it is missing or damaged (then it is recomputed)."""
+    if not folder.is_dir() or folder_problem(folder) is not None:
+        return None
+    try:
+        with np.load(folder / "logp.npz", allow_pickle=False) as z:
+            return z["logp"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def lira_scores(target_phi: np.ndarray, phi: np.ndarray, inside: np.ndarray) -> dict[str, np.ndarray]:
@@ -167,4 +174,4 @@ def lira_scores(target_phi: np.ndarray, phi: np.ndarray, inside: np.ndarray) -> 
 
 
 def shadow_key(n_models: int, seed: int) -> str:
-    return config_hash({"n_models": n_models, "seed": seed, "version": 1})
+    return config_hash({"n_models": n_models, "seed": seed, "version": 2})  # 2: chunks are verified folders

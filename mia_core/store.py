@@ -44,9 +44,11 @@ class Store:
         """`explicit` (e.g. --store), else $MIA_STORE, else ./mia_runs; read when called, not at import."""
         if isinstance(explicit, Store):
             return explicit
-        if explicit is not None and str(explicit):
-            return cls(explicit)
-        return cls(os.environ.get(STORE_ENV) or DEFAULT_FOLDER)
+        root = Path(explicit) if explicit is not None and str(explicit) else Path(
+            os.environ.get(STORE_ENV) or DEFAULT_FOLDER)
+        if root.exists() and not root.is_dir():
+            raise StoreError(f"The store {root} is a file, not a folder: name a folder (new or existing).")
+        return cls(root)
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
@@ -157,9 +159,60 @@ def read_json(path: Path) -> Any:
         return json.load(fh)
 
 
+MANIFEST = "MANIFEST.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    """Record the size and sha256 of every file directly in `folder` (sub-folders have their own)."""
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+    write_json(folder / MANIFEST, {"files": files})
+
+
+def folder_problem(folder: Path, *, checksums: bool = True) -> str | None:
+    """None if `folder` holds every file of its manifest intact, else what is wrong. Without `checksums` only
+    sizes are compared (fast, for listings)."""
+    try:
+        files = read_json(folder / MANIFEST)["files"]
+    except FileNotFoundError:
+        return "no manifest (written by an older version, or never finished)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unreadable manifest"
+    for name, want in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != want["bytes"]:
+            return f"{name} has {path.stat().st_size} bytes, {want['bytes']} were written"
+        if checksums and _sha256(path) != want["sha256"]:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def discard_folder(folder: Path) -> None:
+    """Remove a (damaged) folder: renamed away first, so no reader ever sees it half-deleted."""
+    if not folder.exists():
+        return
+    gone = folder.with_name(f".tmp-discard-{folder.name}-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        os.rename(folder, gone)
+    except OSError:
+        gone = folder
+    shutil.rmtree(gone, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_folder(final: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `final`; on success rename it to `final` in one step.
+    """Yield a temporary folder beside `final`; on success write its manifest and rename it to `final` in one
+    step.
 
     On any error (or interrupt) the temporary folder is removed and `final` is untouched. If another
     process finished `final` first, its folder is kept and ours discarded.
@@ -168,6 +221,7 @@ def atomic_folder(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
     try:
         yield tmp
+        write_manifest(tmp)
         try:
             os.rename(tmp, final)
         except OSError:
@@ -184,8 +238,13 @@ def remove_stale_temporaries(root: Path, older_than_s: float = 3600) -> int:
     removed = 0
     if not root.is_dir():
         return 0
-    for path in root.rglob(".tmp-*"):
-        if time.time() - path.stat().st_mtime > older_than_s:
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-            removed += 1
+    now = time.time()
+    for path in sorted(root.rglob(".tmp-*"), key=lambda p: len(p.parts)):
+        try:
+            if now - path.stat().st_mtime <= older_than_s:
+                continue
+        except FileNotFoundError:  # inside a leftover removed just before
+            continue
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        removed += 1
     return removed

@@ -7,6 +7,7 @@ left nothing behind. Points run in a local process pool by default, or on a Ray 
 from __future__ import annotations
 
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -51,6 +52,20 @@ def parse_grid(items: list[str]) -> dict[str, list[float]]:
     return grid
 
 
+def _exit_with_parent(parent: int, interval_s: float = 1.0) -> None:
+    """Pool-worker initializer: a daemon thread ends this worker as soon as its parent is gone (killed with -9,
+    say), instead of finishing every queued point and idling at hundreds of MB for good."""
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
 def _run_point(config: ExperimentConfig, store_root: str, threads: int) -> tuple[RunRecord, bool]:
     import torch
 
@@ -91,7 +106,8 @@ def run_sweep(
     elif executor == "process":
         import multiprocessing as mp
 
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                 initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(_run_point, p.config, store_root, threads): i for i, p in enumerate(points)}
             for done, fut in enumerate(as_completed(futures), 1):
                 i = futures[fut]

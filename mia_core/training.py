@@ -133,7 +133,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"No such checkpoint: {path}")
-    is_torch_file = path.read_bytes()[:2] in (b"PK", b"\x80\x02") and path.suffix != ".safetensors"
+    with open(path, "rb") as fh:  # two magic bytes, not the whole file
+        is_torch_file = fh.read(2) in (b"PK", b"\x80\x02") and path.suffix != ".safetensors"
     try:
         if is_torch_file:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -178,4 +179,8 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         if unexpected:
             parts.append(f"unexpected {len(unexpected)} keys (e.g. {', '.join(unexpected[:3])})")
         raise CheckpointError("The checkpoint does not fit this architecture: " + "; ".join(parts) + ".")
+    bad = sorted(k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all())
+    if bad:
+        raise CheckpointError(f"The checkpoint has NaN or infinite values in {len(bad)} tensor(s) (e.g. {bad[0]}): "
+                              "a diverged or corrupted model cannot be audited.")
     model.load_state_dict(state, strict=True)

@@ -33,7 +33,7 @@ with st.expander("Train defended models", expanded=False):
                 state.run_with_progress(cfg, f"[{i}/{len(configs)}] {cfg.defense} {cfg.defense_strength:g} "
                                              f"seed {cfg.seed}", make_current=False)
         except state.RUN_ERRORS as err:
-            st.error(str(err))
+            state.show_error(err)
     st.divider()
     st.write("**Reproduce the papers' findings** on the embedded data (natural, PGD-AT, TRADES, MMD + mix-up, "
              "DP-SGD; three seeds; about three minutes on 2 cores the first time, instant afterwards).")

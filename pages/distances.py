@@ -20,7 +20,7 @@ if method != run.config.distance_method:
         state.run_with_progress(run.config.replace(distance_method=method), f"Computing {method} distances")
         st.rerun()
     except state.RUN_ERRORS as err:
-        st.error(str(err))
+        state.show_error(err)
 
 
 @st.fragment

@@ -7,8 +7,9 @@ from mia_core import views
 from mia_core.data import DATASETS, EMBEDDED
 from mia_core.defenses import DEFENSES
 from mia_core.probabilities import OUTPUT_MASKS
-from mia_core.training import read_state_dict
-from mia_core.uploads import store_checkpoint_upload
+from mia_core.uploads import (
+    CHECKPOINT_DIR_ENV, checkpoint_folder, discard_unused_upload, server_checkpoint, store_checkpoint_upload,
+)
 
 d = ex.DEFAULT_CONFIG
 
@@ -49,31 +50,39 @@ if submitted:
         state.run_with_progress(config)
         st.success("Done: open **Distances** or **Attacks** to see the results.")
     except state.RUN_ERRORS as err:
-        st.error(str(err))
+        state.show_error(err)
 
 with st.expander("Load a checkpoint instead of training"):
     st.write("A `state_dict` of a built-in architecture (the choices above), as `.safetensors` or a `torch.save` "
              "file. Files are read with safetensors or `torch.load(weights_only=True)`: nothing is unpickled. The "
              "members are those of the split above (same dataset, size and seed).")
     upload = st.file_uploader("checkpoint file", type=["safetensors", "pt", "pth", "bin"], key="ckpt_upload")
-    path = st.text_input("…or a path on the server", key="ckpt_path")
+    server_dir = checkpoint_folder()
+    path = st.text_input(f"…or a file name in the server's checkpoint folder", key="ckpt_path") if server_dir else ""
+    if server_dir is None:
+        st.caption(f"Reading checkpoints from the server's disk is off; an operator can allow one folder with "
+                   f"{CHECKPOINT_DIR_ENV}=/path.")
     if st.button("Evaluate checkpoint", key="ckpt_evaluate"):
+        target, stored = None, None
         try:
             if upload is not None:
-                target = store_checkpoint_upload(state.store(), upload.name, upload.getvalue())
+                target = stored = store_checkpoint_upload(state.store(), upload.name, upload.getvalue())
             elif path:
-                target = path
-                read_state_dict(target)  # validate before anything is stored
+                target = server_checkpoint(server_dir, path)
             else:
-                target = None
                 st.warning("Choose a file or give a path.")
             if target is not None:
                 state.run_with_progress(config.replace(checkpoint=str(target)), "Evaluating the checkpoint")
                 st.success("Checkpoint evaluated.")
         except state.RUN_ERRORS as err:
-            st.error(str(err))
+            if stored is not None:
+                discard_unused_upload(state.store(), stored)  # keep only uploads that a run uses
+            state.show_error(err)
 
 st.subheader("Earlier runs")
+for bad in state.damaged_runs():
+    st.warning(f"Damaged run {state.plain(bad.run_id)}: {state.plain(bad.reason)}. It is left out; its configuration "
+               "is recomputed the next time it is run.", icon=":material/warning:")
 runs = state.all_runs()
 if not runs:
     st.write("The store is empty.")

@@ -18,7 +18,7 @@ with left:
         try:
             state.run_with_progress(ex.DEFAULT_CONFIG, "Training the demo model")
         except state.RUN_ERRORS as err:
-            st.error(str(err))
+            state.show_error(err)
     st.caption("Demo: " + views.describe(ex.DEFAULT_CONFIG) + ". Data: scikit-learn's 8x8 digits, bundled.")
 with right:
     st.plotly_chart(figures.schematic_figure(), width="stretch")

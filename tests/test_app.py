@@ -1,6 +1,7 @@
 """Every page through Streamlit's AppTest: widgets found by key and driven, no exception, the right numbers shown."""
 
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,11 @@ def _open(page, store, run_id=None):
     at.switch_page(page).run()
     assert not at.exception, at.exception
     return at
+
+
+def _shown(markdown):
+    """What a reader sees of an escaped Markdown message (dashboard.state.plain escapes special characters)."""
+    return re.sub(r"\\(.)", r"\1", markdown)
 
 
 def _frame(at, column):
@@ -157,19 +163,20 @@ def test_experiment_page_refuses_an_out_of_range_strength(app_store):
     at.number_input(key="cfg_defense_strength").set_value(5.0)
     at.button(key="train").click().run()
     assert not at.exception
-    assert any("label_smoothing must be in [0, 1]" in e.value for e in at.error), [e.value for e in at.error]
+    assert any("label_smoothing must be in [0, 1]" in _shown(e.value) for e in at.error), [e.value for e in at.error]
     assert len(ex.list_runs(app_store)) == before
 
 
-def test_bad_checkpoint_upload_path_gets_a_clear_message(app_store, tmp_path):
+def test_bad_checkpoint_upload_path_gets_a_clear_message(app_store, tmp_path, monkeypatch):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint at all")
+    monkeypatch.setenv("MIA_CHECKPOINT_DIR", str(tmp_path))  # the operator allows this folder
     before = len(ex.list_runs(app_store))
     at = _open("pages/experiment.py", app_store)
-    at.text_input(key="ckpt_path").set_value(str(bad))
+    at.text_input(key="ckpt_path").set_value("bad.pt")
     at.button(key="ckpt_evaluate").click().run()
     assert not at.exception
-    assert any("not a readable checkpoint" in e.value for e in at.error)
+    assert any("not a readable checkpoint" in _shown(e.value) for e in at.error)
     assert len(ex.list_runs(app_store)) == before
 
 
@@ -216,7 +223,7 @@ def test_checkpoint_upload_is_validated_and_never_unpickled(app_store, capsys):
     at.file_uploader(key="ckpt_upload").upload("model.pt", evil.getvalue()).run()
     at.button(key="ckpt_evaluate").click().run()
     assert not at.exception
-    assert any("not a readable checkpoint" in e.value for e in at.error), [e.value for e in at.error]
+    assert any("not a readable checkpoint" in _shown(e.value) for e in at.error), [e.value for e in at.error]
     assert "pwned" not in capsys.readouterr().out
     uploads = app_store / "uploads"
     assert not uploads.exists() or not [p for p in uploads.iterdir()]  # the refused file was not kept

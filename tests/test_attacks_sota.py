@@ -1,6 +1,7 @@
 """State-of-the-art attacks: LiRA, label-only distances, inference on adversarial inputs, masking, thresholds."""
 
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -118,9 +119,9 @@ def test_shadow_set_is_cached_and_resumes(tmp_path, digits):
               cache_dir=tmp_path / "shadows")
     a = shadow_set(build, x, y, **kw)
     assert a.inside.sum(0).tolist() == [2] * 200  # every point IN for exactly half of the models
-    chunks = sorted((tmp_path / "shadows").glob("chunk-*.npz"))
-    assert len(chunks) == 2
-    chunks[1].unlink()  # as if interrupted after the first chunk
+    chunks = sorted((tmp_path / "shadows").glob("chunk-*"))
+    assert len(chunks) == 2 and all((c / "MANIFEST.json").is_file() for c in chunks)
+    shutil.rmtree(chunks[1])  # as if interrupted after the first chunk
     b = shadow_set(build, x, y, **kw)
     np.testing.assert_allclose(a.logp, b.logp, rtol=1e-6)
 
