@@ -142,5 +142,9 @@ def metric_column_config() -> dict:
     return cfg
 
 
+def run_names() -> dict[str, str]:
+    return store().names()
+
+
 def attack_help() -> str:
     return "; ".join(f"{s.name}: {s.help}" for s in ATTACKS.specs())

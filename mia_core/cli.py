@@ -136,6 +136,14 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 def cmd_runs(a: argparse.Namespace) -> int:
     store = Store.resolve(a.store)
+    if a.delete:
+        store.delete_run(a.delete)
+        print(f"deleted {a.delete}")
+        return 0
+    if a.name:
+        store.set_name(*a.name)
+        print(f"named {a.name[0]}: {a.name[1]!r}")
+        return 0
     if a.repair:
         removed = repair_store(store)
         for d in removed:
@@ -148,12 +156,13 @@ def cmd_runs(a: argparse.Namespace) -> int:
                           "damaged": [{"run": d.run_id, "path": str(d.path), "reason": d.reason}
                                       for d in scan.damaged]}, indent=2, allow_nan=False))
         return 0
+    names = store.names()
     print(f"{'finished':<20}{'test acc':>9}{'best AUC':>9}  {'run':<40} what")
     for r in scan.runs:
         rec = r.record
         best = rec.attacks[views.best_attack(rec)].auc
         print(f"{rec.environment.finished_at:<20}{rec.test_accuracy:>9.3f}{best:>9.3f}  {r.run_id:<40} "
-              f"{views.describe(rec.config)}")
+              f"{views.run_label(rec, names.get(r.run_id))}")
     for d in scan.damaged:
         print(f"{'DAMAGED':<38}  {d.run_id:<40} {d.reason}")
     if scan.damaged:
@@ -222,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--store", default=None, help=f"store folder (default: ${STORE_ENV} or ./{DEFAULT_FOLDER})")
     runs.add_argument("--json", action="store_true", help="print the summaries (and damaged runs) as JSON")
     runs.add_argument("--verify", action="store_true", help="check every file against its checksum (slower)")
+    runs.add_argument("--name", nargs=2, metavar=("RUN", "NAME"), help="give a run a name (empty: remove it)")
+    runs.add_argument("--delete", metavar="RUN", help="delete a run (and its model when no other run uses it)")
     runs.add_argument("--repair", action="store_true",
                       help="remove damaged runs (checksums checked) so that they are recomputed on the next request")
     runs.set_defaults(func=cmd_runs)

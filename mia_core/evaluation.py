@@ -10,6 +10,7 @@ shadow models) is computed once, the first time an attack asks for it.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import platform
 import time
@@ -32,7 +33,7 @@ from .metrics import AttackMetrics, attack_metrics
 from .models import build_model
 from .probabilities import log_probabilities, mask_log_probs
 from .records import Environment, GroupScores, RunRecord, ScoreTable, ThresholdReport, Timings, TrainingRecord
-from .store import Store, atomic_folder, write_json
+from .store import Store, atomic_folder, config_hash, discard_folder, folder_problem, write_json
 from .thresholds import attacker_thresholds
 
 Progress = Callable[[str, float], None]
@@ -70,6 +71,7 @@ class EvaluationInputs:
     device: torch.device
     shadow_dir: Path | None = None
     progress: Progress | None = None
+    stage_dir: Path | None = None  # the trained model's folder: stages that outlive one evaluation are kept there
 
     def mask(self, logp: np.ndarray) -> np.ndarray:
         """The target API's output masking (config.output_mask)."""
@@ -84,6 +86,7 @@ class SharedWork:
         self.groups: dict[str, GroupScoring] = {}
         self._shadows: ShadowSet | None = None
         self._lira: dict[str, np.ndarray] | None = None
+        self.shadow_seconds = 0.0
 
     @property
     def pool(self) -> np.ndarray:
@@ -93,6 +96,7 @@ class SharedWork:
         """Shadow models of the target's architecture and recipe, each on a random half of the pool (cached
         on disk beside the trained model, chunk by chunk)."""
         if self._shadows is None:
+            t0 = time.perf_counter()
             i, cfg = self.inputs, self.inputs.config
             ds, pool = i.dataset, self.pool
             wd, dropout = cfg.effective_training()
@@ -101,6 +105,7 @@ class SharedWork:
                 torch.from_numpy(ds.x[pool]).to(i.device), torch.from_numpy(ds.y[pool]).to(i.device),
                 n_models=cfg.lira_shadows, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=wd,
                 seed=cfg.seed, cache_dir=i.shadow_dir, progress=i.progress)
+            self.shadow_seconds = time.perf_counter() - t0
         return self._shadows
 
     def lira(self) -> dict[str, np.ndarray]:
@@ -112,6 +117,18 @@ class SharedWork:
                                self.groups["nonmembers"].artifacts["lira_phi"]]
             self._lira = lira_scores(target_phi, shadow_phi, shadows.inside)
         return self._lira
+
+
+def _read_label_only(folder: Path) -> LabelOnlyResult | None:
+    """A stored label-only stage (its adversarial points are not kept), or None if missing or damaged."""
+    if not folder.is_dir() or folder_problem(folder) is not None:
+        return None
+    try:
+        with np.load(folder / "label_only.npz", allow_pickle=False) as z:
+            return LabelOnlyResult(norms=z["norms"], success=z["success"], x_adv=torch.empty(0),
+                                   queries=z["queries"])
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 class GroupScoring:
@@ -128,6 +145,7 @@ class GroupScoring:
         self.logp = inputs.mask(self.clean_logp)
         self.artifacts: dict[str, np.ndarray] = {"lira_phi": phi_from_log_probs(self.logp, self.y)}
         self.distance_seconds = 0.0
+        self.label_only_seconds = 0.0
         self._perturbations: dict[float, Perturbation] = {}
         self._label_only: dict[float, LabelOnlyResult] = {}
 
@@ -159,14 +177,34 @@ class GroupScoring:
         return self._perturbations[norm]
 
     def label_only(self, norm: float) -> LabelOnlyResult:
-        """The label-only (HopSkipJump-style) distance of every sample, within config.label_only_queries."""
+        """The label-only (HopSkipJump-style) distance of every sample, within config.label_only_queries.
+        It depends on the model, the samples, the query budget and the seed, not on the white-box search, so
+        it is kept beside the trained model as a stage of its own and reused by every evaluation that agrees."""
         if norm not in self._label_only:
-            self._progress("label-only search", 0.0)
-            r = label_only_distance(self.model, self.x, self.y, norm=norm, max_queries=self.config.label_only_queries,
-                                    seed=self.config.seed)
+            t0 = time.perf_counter()
+            name = "linf" if math.isinf(norm) else "l2"
+            folder = self._label_only_folder(name)
+            r = _read_label_only(folder) if folder is not None else None
+            if r is None:
+                self._progress(f"label-only search ({name})", 0.0)
+                r = label_only_distance(self.model, self.x, self.y, norm=norm,
+                                        max_queries=self.config.label_only_queries, seed=self.config.seed)
+                if folder is not None:
+                    discard_folder(folder)
+                    with atomic_folder(folder) as tmp:
+                        np.savez(tmp / "label_only.npz", norms=r.norms, success=r.success, queries=r.queries)
             self._label_only[norm] = r
-            self.artifacts[f"label_only_{'linf' if math.isinf(norm) else 'l2'}_queries"] = r.queries
+            self.artifacts[f"label_only_{name}_queries"] = r.queries
+            self.label_only_seconds += time.perf_counter() - t0
         return self._label_only[norm]
+
+    def _label_only_folder(self, name: str) -> Path | None:
+        if self.inputs.stage_dir is None:
+            return None
+        key = config_hash({"queries": self.config.label_only_queries, "seed": self.config.seed, "norm": name,
+                           "samples": hashlib.sha256(np.ascontiguousarray(self.index).tobytes()).hexdigest(),
+                           "core": __version__})
+        return self.inputs.stage_dir / f"label-only-{key}"
 
     def lira(self, variant: str) -> np.ndarray:
         """A LiRA variant's scores for this group; NaN for points outside the shadows' pool."""
@@ -180,6 +218,7 @@ class ScoringResult:
     table: ScoreTable
     shared: SharedWork
     distance_seconds: float
+    label_only_seconds: float
 
 
 def score_groups(inputs: EvaluationInputs, groups: dict[str, np.ndarray]) -> ScoringResult:
@@ -198,7 +237,8 @@ def score_groups(inputs: EvaluationInputs, groups: dict[str, np.ndarray]) -> Sco
             scores[spec.name] = s
         out[g] = GroupScores(index=ctx.index, label=ctx.y, prediction=ctx.logp.argmax(1), scores=scores,
                              artifacts=ctx.artifacts)
-    return ScoringResult(ScoreTable(out), shared, sum(c.distance_seconds for c in shared.groups.values()))
+    return ScoringResult(ScoreTable(out), shared, sum(c.distance_seconds for c in shared.groups.values()),
+                         sum(c.label_only_seconds for c in shared.groups.values()))
 
 
 def compute_metrics(table: ScoreTable, *, bootstrap_rounds: int, seed: int) -> dict[str, AttackMetrics]:
@@ -225,7 +265,8 @@ def calibrate_thresholds(inputs: EvaluationInputs, scoring: ScoringResult) -> di
 
 
 def summarise(inputs: EvaluationInputs, scoring: ScoringResult, metrics: dict[str, AttackMetrics],
-              thresholds: dict[str, ThresholdReport], training: TrainingRecord, train_key: str) -> RunRecord:
+              thresholds: dict[str, ThresholdReport], training: TrainingRecord, train_key: str,
+              evaluation_seconds: float = float("nan")) -> RunRecord:
     """Step 5: the run record."""
     table, cfg = scoring.table, inputs.config
     n_scored = sum(len(g) for g in table.groups.values())
@@ -237,7 +278,9 @@ def summarise(inputs: EvaluationInputs, scoring: ScoringResult, metrics: dict[st
         n_reference_scored=len(table["reference"]),
         attacks=metrics, thresholds=thresholds, defense=training.defense,
         timings=Timings(train_seconds=training.train_seconds, distance_seconds=scoring.distance_seconds,
-                        distance_samples_per_second=2 * n_scored / max(scoring.distance_seconds, 1e-9)),
+                        distance_samples_per_second=2 * n_scored / max(scoring.distance_seconds, 1e-9),
+                        label_only_seconds=scoring.label_only_seconds,
+                        shadow_seconds=scoring.shared.shadow_seconds, evaluation_seconds=evaluation_seconds),
         environment=Environment(core=__version__, torch=torch.__version__, device=str(inputs.device),
                                 platform=platform.platform(), finished_at=time.strftime("%Y-%m-%dT%H:%M:%S")),
         label_only_queries_used=float(np.mean(queries)) if queries is not None and len(queries) else float("nan"),
@@ -255,11 +298,14 @@ def store_evaluation(eval_dir: Path, table: ScoreTable, record: RunRecord) -> No
 def evaluate(inputs: EvaluationInputs, training: TrainingRecord, store: Store, train_key: str) -> RunRecord:
     """The whole pipeline for one trained model; writes the evaluation into the store and returns its record."""
     cfg = inputs.config
+    t0 = time.perf_counter()
     if inputs.shadow_dir is None:
         inputs.shadow_dir = store.shadows_dir(train_key, shadow_key(cfg.lira_shadows, cfg.seed))
+    if inputs.stage_dir is None:
+        inputs.stage_dir = store.run_dir(train_key)
     scoring = score_groups(inputs, scored_groups(inputs.split, cfg))
     metrics = compute_metrics(scoring.table, bootstrap_rounds=cfg.bootstrap_rounds, seed=cfg.seed)
     thresholds = calibrate_thresholds(inputs, scoring)
-    record = summarise(inputs, scoring, metrics, thresholds, training, train_key)
+    record = summarise(inputs, scoring, metrics, thresholds, training, train_key, time.perf_counter() - t0)
     store_evaluation(store.eval_dir(train_key, record.eval_key), scoring.table, record)
     return record

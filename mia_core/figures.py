@@ -14,7 +14,20 @@ MEMBER_COLOR = "#0072B2"  # blue
 NONMEMBER_COLOR = "#E69F00"  # orange
 REFERENCE_COLOR = "#999999"
 ATTACK_COLORS = ["#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000", "#0072B2", "#E69F00"]
+LINE_DASHES = ["solid", "dash", "dot", "dashdot"]  # after the 8 colours, curves differ by dash too
+DEFENSE_PALETTE = ["#000000", "#D55E00", "#CC79A7", "#009E73", "#56B4E9", "#E69F00", "#0072B2", "#F0E442",
+                   "#882255", "#999933", "#44AA99", "#AA4499"]
 NORM_UNITS = {"distance_l2": "L2 norm", "distance_linf": "L-inf norm"}
+CLASS_SYMBOLS = ["circle", "square", "diamond", "triangle-up", "cross", "x", "star", "hexagon", "pentagon", "bowtie"]
+
+
+def defense_color(name: str) -> str:
+    """One colour per defense on every chart (by its place in the defense registry; "none" is black)."""
+    from .defenses import DEFENSES
+
+    names = list(DEFENSES)
+    i = names.index(name) if name in names else len(names) + abs(hash(name)) % 7
+    return DEFENSE_PALETTE[i % len(DEFENSE_PALETTE)]
 
 _LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=50, b=55), legend=dict(orientation="h", y=-0.2))
 
@@ -60,9 +73,11 @@ def distance_histogram(
 
 
 def roc_figure(curves: dict[str, RocCurve], *, aucs: dict[str, float] | None = None, log: bool = False,
-               bands: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None) -> go.Figure:
+               bands: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
+               title: str | None = None) -> go.Figure:
     """ROC curves of several attacks, with the chance diagonal; log=True gives log-log axes from 1e-3.
-    `bands` maps an attack to (fpr grid, lower tpr, upper tpr) drawn as a shaded interval."""
+    `bands` maps an attack to (fpr grid, lower tpr, upper tpr) drawn as a shaded interval. Past eight curves
+    the colours repeat with another dash, so every curve stays distinguishable."""
     fig = go.Figure()
     floor = 1e-3 if log else 0.0
     grid = np.logspace(-3, 0, 50) if log else np.linspace(0, 1, 50)
@@ -75,8 +90,8 @@ def roc_figure(curves: dict[str, RocCurve], *, aucs: dict[str, float] | None = N
                             line=dict(width=0), fillcolor=color, opacity=0.15, showlegend=False, hoverinfo="skip")
         label = f"{name} (AUC {aucs[name]:.3f})" if aucs and name in aucs else name
         fig.add_scatter(x=np.maximum(roc.fpr, floor), y=np.maximum(roc.tpr, floor), mode="lines", name=label,
-                        line=dict(color=color, width=2))
-    fig.update_layout(title="ROC: members caught (TPR) against non-members accused (FPR)",
+                        line=dict(color=color, width=2, dash=LINE_DASHES[(i // len(ATTACK_COLORS)) % len(LINE_DASHES)]))
+    fig.update_layout(title=title or "ROC: members caught (TPR) against non-members accused (FPR)",
                       xaxis_title="false positive rate", yaxis_title="true positive rate", **_LAYOUT)
     if log:
         fig.update_xaxes(type="log", range=[-3, 0])
@@ -89,26 +104,29 @@ def roc_figure(curves: dict[str, RocCurve], *, aucs: dict[str, float] | None = N
 
 def tradeoff_figure(acc: np.ndarray, leak: np.ndarray, labels: list[str], front: np.ndarray, *,
                     leak_name: str = "best attack AUC", groups: list[str] | None = None) -> go.Figure:
-    """Test accuracy against leakage, one point per run, with the Pareto front (high accuracy, low leakage)."""
+    """Test accuracy against leakage, one point per run (coloured by defense, see defense_color), with the
+    Pareto front (high accuracy, low leakage) drawn as a line where it has two points or more."""
     fig = go.Figure()
     groups = groups or ["runs"] * len(acc)
-    for i, g in enumerate(dict.fromkeys(groups)):
+    for g in dict.fromkeys(groups):
         sel = np.array([x == g for x in groups])
         fig.add_scatter(x=leak[sel], y=acc[sel], mode="markers", name=g, text=np.array(labels)[sel],
-                        marker=dict(size=10, color=ATTACK_COLORS[i % len(ATTACK_COLORS)]),
+                        marker=dict(size=10, color=defense_color(g)),
                         hovertemplate="%{text}<br>leakage %{x:.3f}<br>test acc %{y:.3f}<extra></extra>")
     order = front[np.argsort(leak[front])]
-    fig.add_scatter(x=leak[order], y=acc[order], mode="lines", name="Pareto front",
-                    line=dict(color="#000000", dash="dot"))
+    if len(order) >= 2:
+        fig.add_scatter(x=leak[order], y=acc[order], mode="lines", name="Pareto front",
+                        line=dict(color="#777777", dash="dot"))
     fig.update_layout(title="Accuracy against leakage (up and to the left is better)", xaxis_title=leak_name,
                       yaxis_title="test accuracy", **_LAYOUT)
     return fig
 
 
 def boundary_figure(xx: np.ndarray, yy: np.ndarray, prob: np.ndarray, points: np.ndarray, member: np.ndarray,
-                    distance: np.ndarray) -> go.Figure:
+                    distance: np.ndarray, labels: np.ndarray | None = None) -> go.Figure:
     """A 2-D classifier: the predicted class as a pale map, the decision boundary, and the members and
-    non-members sized by their distance to the boundary."""
+    non-members (outlined so they stand out on every class region; one marker shape per true class) sized by
+    their distance to the boundary."""
     fig = go.Figure()
     k = prob.shape[-1]
     pastel = ["#CFE3F2", "#FBE3B5", "#CDEBDF", "#F6D2C0", "#EBD3E2", "#D6ECF8", "#FAF6C8", "#DDDDDD"]
@@ -119,26 +137,44 @@ def boundary_figure(xx: np.ndarray, yy: np.ndarray, prob: np.ndarray, points: np
                     line=dict(color="black", width=2), hoverinfo="skip", name="decision boundary")
     d = np.where(np.isfinite(distance), distance, 0.0)
     size = 5 + 25 * d / max(float(d.max()), 1e-9)
+    labels = np.zeros(len(points), int) if labels is None else np.asarray(labels)
     for is_m, name, color in ((True, "members", MEMBER_COLOR), (False, "non-members", NONMEMBER_COLOR)):
         sel = member == is_m
         fig.add_scatter(x=points[sel, 0], y=points[sel, 1], mode="markers", name=name,
-                        marker=dict(color=color, size=size[sel], line=dict(width=1, color="white")),
-                        text=[f"distance {v:.3f}" for v in distance[sel]], hoverinfo="text")
-    fig.update_layout(title="Decision boundary; marker size = distance to it", xaxis_title="feature 1",
+                        marker=dict(color=color, size=size[sel], opacity=0.95, line=dict(width=1.5, color="#222222"),
+                                    symbol=[CLASS_SYMBOLS[c % len(CLASS_SYMBOLS)] for c in labels[sel]]),
+                        text=[f"{name[:-1]}, class {c}, distance {v:.3f}" for c, v in zip(labels[sel], distance[sel])],
+                        hoverinfo="text")
+    fig.update_layout(title="Decision boundary; marker size = distance, shape = true class", xaxis_title="feature 1",
                       yaxis_title="feature 2", **_LAYOUT)
     fig.update_yaxes(scaleanchor="x", scaleratio=1)
     return fig
 
 
-def strength_figure(table, *, x: str, y: str, group: str, error: str | None = None, y_title: str = "") -> go.Figure:
-    """One line per defense over its strength, with error bars (e.g. the spread over seeds)."""
-    fig = go.Figure()
-    for i, (g, sub) in enumerate(table.groupby(group)):
-        sub = sub.sort_values(x)
-        fig.add_scatter(x=sub[x], y=sub[y], mode="lines+markers", name=str(g),
+def strength_figure(table, *, x: str, y: str, group: str, error: str | None = None, y_title: str = "",
+                    strength_labels: dict[str, str] | None = None) -> go.Figure:
+    """One panel per defense, each over its own strength axis (named by `strength_labels`), with error bars
+    (e.g. the spread over seeds); the undefended runs ("none") are a dashed reference line in every panel."""
+    from plotly.subplots import make_subplots
+
+    labels = strength_labels or {}
+    base = table[table[group] == "none"]
+    defended = [g for g in dict.fromkeys(table[group]) if g != "none"] or ["none"]
+    fig = make_subplots(rows=1, cols=len(defended), shared_yaxes=True, horizontal_spacing=0.04)
+    for col, g in enumerate(defended, 1):
+        sub = table[table[group] == g].sort_values(x)
+        fig.add_scatter(x=sub[x], y=sub[y], mode="lines+markers", name=str(g), row=1, col=col,
                         error_y=dict(type="data", array=sub[error]) if error else None,
-                        line=dict(color=ATTACK_COLORS[i % len(ATTACK_COLORS)]))
-    fig.update_layout(xaxis_title="defense strength", yaxis_title=y_title or y, **_LAYOUT)
+                        line=dict(color=defense_color(g)), marker=dict(color=defense_color(g)))
+        if len(base) and g != "none":
+            fig.add_hline(y=float(base[y].mean()), line=dict(color=defense_color("none"), dash="dash", width=1),
+                          row=1, col=col)
+        fig.update_xaxes(title_text=f"{g}: {labels.get(g, 'strength')}", row=1, col=col)
+    if len(base):  # one legend entry for the reference line
+        fig.add_scatter(x=[None], y=[None], mode="lines", name="none (no defense)",
+                        line=dict(color=defense_color("none"), dash="dash", width=1))
+    fig.update_yaxes(title_text=y_title or y, row=1, col=1)
+    fig.update_layout(**_LAYOUT)
     return fig
 
 
@@ -159,8 +195,9 @@ def schematic_figure(seed: int = 0) -> go.Figure:
             fig.add_scatter(x=[x0, x0], y=[y0, by], mode="lines", line=dict(color=color, dash="dot", width=1),
                             showlegend=False, hoverinfo="skip")
         fig.add_scatter(x=xs, y=ys, mode="markers", name=name, marker=dict(color=color, size=11))
-    fig.update_layout(title="Members sit farther from the boundary than non-members", xaxis_visible=False,
-                      yaxis_visible=False, height=330, **_LAYOUT)
+    fig.update_layout(title=dict(text="Members sit farther from the boundary", y=0.97, yanchor="top"),
+                      xaxis_visible=False, yaxis_visible=False, height=340,
+                      **{**_LAYOUT, "margin": dict(l=10, r=10, t=60, b=40)})
     return fig
 
 

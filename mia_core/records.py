@@ -132,9 +132,14 @@ class TrainingRecord:
 
 @dataclass(frozen=True)
 class Timings:
+    """Seconds each stage took (a stage reused from the store takes about none)."""
+
     train_seconds: float
     distance_seconds: float
     distance_samples_per_second: float
+    label_only_seconds: float = float("nan")
+    shadow_seconds: float = float("nan")
+    evaluation_seconds: float = float("nan")
 
 
 @dataclass(frozen=True)

@@ -114,12 +114,17 @@ def format_findings(by: dict[str, list[RunRecord]], base: ExperimentConfig, seed
     return head + "\n\n" + "\n".join(table)
 
 
+def reproduce_points(base: ExperimentConfig = DEFAULT_CONFIG, seeds=(0, 1, 2)) -> list:
+    """The preset's runs: PRESET defenses x seeds on `base`, without bootstrap intervals."""
+    return sweep_points(replace(base, bootstrap_rounds=0), PRESET, list(seeds))
+
+
 def reproduce(base: ExperimentConfig = DEFAULT_CONFIG, *, seeds=(0, 1, 2), store: Store | str | Path | None = None,
               executor: str = "process", workers: int | None = None, progress=None) -> str:
     """Run the preset (PRESET defenses x seeds on `base`, reusing stored runs) and return the findings."""
-    base = replace(base, bootstrap_rounds=0)
-    points = sweep_points(base, PRESET, list(seeds))
+    points = reproduce_points(base, seeds)
     results = run_sweep(points, store=store, executor=executor, workers=workers, progress=progress)
+    base = replace(base, bootstrap_rounds=0)
     by: dict[str, list[RunRecord]] = {}
     for p, (record, _) in zip(points, results):
         by.setdefault(p.config.defense, []).append(record)

@@ -92,6 +92,50 @@ class Store:
             raise StoreError(f"No finished run '{run_id}' in the store {self.root}.")
         return path
 
+    # ------------------------------------------------------------------ names and deletion
+    @property
+    def _names_file(self) -> Path:
+        return self.root / "names.json"
+
+    def names(self) -> dict[str, str]:
+        """run id -> the name a user gave it."""
+        try:
+            return dict(read_json(self._names_file))
+        except (OSError, ValueError, TypeError):
+            return {}
+
+    @contextlib.contextmanager
+    def _names_locked(self) -> Iterator[dict[str, str]]:
+        import fcntl
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".names.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            names = self.names()
+            yield names
+            write_json(self._names_file, names)
+
+    def set_name(self, run_id: str, name: str) -> None:
+        """Name a run (an empty name removes it); names are labels only and never change a result."""
+        self.eval_path(run_id)
+        name = " ".join(str(name).split())[:80]
+        with self._names_locked() as names:
+            if name:
+                names[run_id] = name
+            else:
+                names.pop(run_id, None)
+
+    def delete_run(self, run_id: str) -> None:
+        """Delete an evaluation; its trained model (with its cached stages) goes too when no other evaluation of
+        it is left. Folders are renamed away before removal, so no reader sees half a run."""
+        eval_dir = self.eval_path(run_id)
+        run_dir = eval_dir.parent
+        discard_folder(eval_dir)
+        if not any(p.is_dir() for p in run_dir.glob("eval-*")):
+            discard_folder(run_dir)
+        with self._names_locked() as names:
+            names.pop(run_id, None)
+
     def evaluation_dirs(self) -> list[Path]:
         """Every finished evaluation folder (interrupted ones never appear)."""
         return [p.parent for p in self.root.glob("*/eval-*/summary.json")

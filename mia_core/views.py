@@ -100,6 +100,11 @@ def metrics_table(record: RunRecord) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def table_height(rows: int, *, row_px: int = 35) -> int:
+    """Pixel height at which Streamlit shows a table of `rows` rows whole, header included (no inner scroll)."""
+    return row_px * (rows + 1) + 3
+
+
 def vulnerability_table(table: ScoreTable) -> pd.DataFrame:
     """Members and non-members ranked by merged exposure (mia_core.metrics.vulnerability), from the attacks
     that have reference scores (LiRA's points must be in its shadows' pool; I_V may be undefined)."""
@@ -211,3 +216,116 @@ def label_only_agreement(white_box: np.ndarray, label_only: np.ndarray) -> float
     """Share of samples (white-box distance > 0) whose label-only distance is at least the white-box one."""
     pos = white_box > 0
     return float(np.mean(label_only[pos] >= white_box[pos] * (1 - 1e-6)))
+
+
+def run_label(record: RunRecord, name: str | None = None) -> str:
+    """A stored run's label: its name if it has one, its settings, and DP-SGD's epsilon where it applies."""
+    label = describe(record.config)
+    if record.defense.epsilon is not None:
+        label += f" · ε = {record.defense.epsilon:.2f} (δ = {record.defense.delta:g})"
+    return f"{name} — {label}" if name else label
+
+
+def unresolvable_levels(n_nonmembers: int) -> list[float]:
+    """FPR levels that `n_nonmembers` cannot resolve: below one non-member (TPR at 0.1% FPR needs >= 1,000)."""
+    return [f for f in mt.FPR_LEVELS if n_nonmembers * f < 1]
+
+
+def resolution_note(n_nonmembers: int) -> str | None:
+    """What to tell a user whose evaluation is too small for some FPR levels."""
+    levels = unresolvable_levels(n_nonmembers)
+    if not levels:
+        return None
+    need = ", ".join(f"{fpr_label(f)} needs at least {math.ceil(1 / f):,}" for f in levels)
+    return (f"With {n_nonmembers:,} non-members, an FPR below {1 / n_nonmembers:.2%} means zero false accusations, "
+            f"so {need} non-members: those columns read as TPR at 0 FPR here.")
+
+
+SETTINGS = ("dataset", "model", "width", "members", "epochs", "defense", "defense_strength", "seed",
+            "distance_method", "output_mask", "checkpoint", "label_only_queries", "lira_shadows", "weight_decay")
+
+
+def compare_runs(records: Sequence[RunRecord], names: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
+    """Several runs side by side: one column per run, rows for the settings and the headline numbers, and the
+    names of the setting rows whose values differ between the runs (for highlighting)."""
+    rows: dict[str, list] = {s: [getattr(r.config, s) for r in records] for s in SETTINGS}
+    rows["DP epsilon"] = [r.defense.epsilon for r in records]
+    differing = [k for k, v in rows.items() if len({str(x) for x in v}) > 1]
+    rows["test accuracy"] = [r.test_accuracy for r in records]
+    rows["train accuracy"] = [r.train_accuracy for r in records]
+    for a in ("distance_l2", "loss", "lira_online_fixed"):
+        rows[f"{attack_title(a)} AUC"] = [r.attacks[a].auc if a in r.attacks else float("nan") for r in records]
+    rows["best AUC (on the evaluation)"] = [r.attacks[best_attack(r)].auc for r in records]
+    frame = pd.DataFrame(rows, index=list(names)).T.astype(object)
+    return frame, differing
+
+
+@dataclass(frozen=True)
+class Estimate:
+    seconds: float | None
+    basis: str  # what it was measured from
+
+
+def estimate_seconds(config: ExperimentConfig, past: Sequence[RunRecord]) -> Estimate:
+    """How long `config` will take, scaled from the most similar stored run (same dataset and model; same
+    search preferred): training by members x epochs, the searches by samples scored, the label-only search by
+    samples x queries, shadow models by their count x epochs. Stages already in the store cost nothing then."""
+    same = [r for r in past if r.config.dataset == config.dataset and r.config.model == config.model
+            and not r.config.checkpoint and math.isfinite(r.timings.evaluation_seconds)]
+    if not same:
+        return Estimate(None, f"no stored {config.dataset} / {config.model} run to measure from yet")
+    longest = max(r.timings.shadow_seconds + r.timings.label_only_seconds for r in same)
+    ref = min(same, key=lambda r: (  # prefer a run that computed its stages over one that reused them
+        r.timings.shadow_seconds + r.timings.label_only_seconds < 0.5 * longest,
+        r.config.distance_method != config.distance_method,
+                                   abs(math.log(r.config.members / config.members)),
+                                   abs(math.log(r.config.width / config.width))))
+    c, t = ref.config, ref.timings
+    scored = lambda cfg, n: 2 * n + cfg.reference_scored  # noqa: E731
+    n_ref = scored(c, ref.n_members)
+    n_new = scored(config, config.members)
+    train = t.train_seconds * (config.members * config.epochs) / (c.members * c.epochs)
+    search = t.distance_seconds * n_new / n_ref
+    label_only = t.label_only_seconds * (n_new * config.label_only_queries) / (n_ref * c.label_only_queries)
+    shadows = t.shadow_seconds * (config.lira_shadows * config.members * config.epochs) / (
+        c.lira_shadows * c.members * c.epochs)
+    rest = max(t.evaluation_seconds - t.distance_seconds - t.label_only_seconds - t.shadow_seconds, 0.0)
+    total = train + search + label_only + shadows + rest * n_new / n_ref
+    return Estimate(total, f"scaled from a stored run ({describe(c)})")
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    if seconds < 90:
+        return f"about {max(1, round(seconds))} s"
+    return f"about {seconds / 60:.0f} min"
+
+
+@dataclass(frozen=True)
+class Spread:
+    mean: float
+    sd: float
+    low: float
+    high: float
+    n: int
+
+
+def spread(values: Sequence[float]) -> Spread:
+    """Mean, sample sd and range of a metric over seeds."""
+    v = np.asarray(values, float)
+    return Spread(float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, float(v.min()), float(v.max()), len(v))
+
+
+LESSON = (
+    ("Memorisation leaks", dict(pg_width=256, pg_epochs=800, pg_members=30, pg_weight_decay=0.0),
+     "A wide network trained long on 30 points memorises them: train accuracy 1.0, members sit far from the "
+     "boundary (big markers), non-members near it, and the distance attack's AUC rises above 0.5."),
+    ("More data leaks less", dict(pg_width=256, pg_epochs=800, pg_members=200, pg_weight_decay=0.0),
+     "The same network on 200 points cannot single each one out: the two histograms overlap and the AUC drops "
+     "towards 0.5. Press 'spread over seeds' to see how much of a small set's AUC is chance."),
+    ("A regulariser as a defense", dict(pg_width=256, pg_epochs=800, pg_members=30, pg_weight_decay=0.03),
+     "Back to 30 points, with weight decay: the boundary smooths out, test accuracy holds, and the members' "
+     "advantage in distance shrinks. Compare the AUC with step 1."),
+)
+"""The Playground's guided lesson: (title, widget values, what to point out)."""

@@ -12,8 +12,11 @@ rec, root, rid = run.record, str(run.store.root), run.run_id
 st.caption(views.describe(run.config) + f" · {rec.n_members} members vs {rec.n_nonmembers} "
            "non-members · thresholds calibrated on the reference pool, never on the evaluation's membership")
 
-st.dataframe(views.metrics_table(rec), hide_index=True, width="stretch", column_config=state.metric_column_config(),
-             key="metrics_table")
+metrics = views.metrics_table(rec)
+st.dataframe(metrics, hide_index=True, width="stretch", column_config=state.metric_column_config(),
+             key="metrics_table", height=views.table_height(len(metrics)))  # every attack, no inner scroll
+if note := views.resolution_note(rec.n_nonmembers):
+    st.caption(note)
 
 
 @st.fragment
@@ -22,9 +25,9 @@ def roc_panel() -> None:
     chosen = c1.multiselect("attacks", list(rec.attacks), default=["distance_l2", "label_only_l2", "loss",
                                                                    "lira_online_fixed"],
                             format_func=views.attack_title, key="roc_attacks")
-    log = c2.toggle("log-log axes", help="Low-FPR behaviour is what matters for real attacks (Carlini et al. 2022).",
-                    key="roc_log")
-    bands = c3.toggle("95% bootstrap bands", key="roc_bands")
+    log = c2.toggle("log-log axes", key="roc_log", persist_state="session",  # kept across page visits
+                    help="Low-FPR behaviour is what matters for real attacks (Carlini et al. 2022).")
+    bands = c3.toggle("95% bootstrap bands", key="roc_bands", persist_state="session")
     band = {a: state.roc_band_data(root, rid, a, log) for a in chosen} if bands else None
     st.plotly_chart(figures.roc_figure(state.rocs(run, chosen), aucs={a: rec.attacks[a].auc for a in chosen},
                                        log=log, bands=band), width="stretch")
@@ -57,8 +60,10 @@ def threshold_panel() -> None:
     conf = mt.confusion_at_threshold(m, n, thr)
     fig = figures.distance_histogram(m, n, norm_label=attack + " score", title=f"{views.attack_title(attack)} scores")
     fig.update_layout(xaxis_title=f"{attack} score (higher = more member-like)")
-    for r, dash in zip(rows, ("solid", "dash", "dot") if len(rows) == 3 else ("solid", "dot")):
-        fig.add_vline(x=r.threshold, line_dash=dash, annotation_text=r.rule)
+    for i, (r, dash) in enumerate(zip(rows, ("solid", "dash", "dot") if len(rows) == 3 else ("solid", "dot"))):
+        fig.add_vline(x=r.threshold, line_dash=dash)  # labels stacked at the top, one line each: never overprint
+        fig.add_annotation(x=r.threshold, y=1 - 0.08 * i, yref="paper", text=r.rule, showarrow=False,
+                           xanchor="left", bgcolor="rgba(255,255,255,0.8)")
     st.plotly_chart(fig, width="stretch")
     a, b = st.columns(2)
     with a:

@@ -6,7 +6,7 @@ from mia_core import figures, views
 from mia_core.attacks import ATTACKS
 from mia_core.defenses import DEFENSES
 from mia_core.metrics import pareto_front
-from mia_core.reproduce import reproduce
+from mia_core.reproduce import reproduce, reproduce_points
 
 st.title("Defenses and the trade-off")
 st.caption("Train defended models, then compare test accuracy against leakage over every run in the store.")
@@ -35,8 +35,16 @@ with st.expander("Train defended models", expanded=False):
         except state.RUN_ERRORS as err:
             state.show_error(err)
     st.divider()
+    preset = reproduce_points(ex.DEFAULT_CONFIG)
+    past = [r.record for r in state.all_runs()]
+    stored = {r.record.config.replace(device="auto", data_dir=None) for r in state.all_runs()}
+    todo = [p.config for p in preset if p.config.replace(device="auto", data_dir=None) not in stored]
+    guesses = [views.estimate_seconds(c, past).seconds for c in todo]
+    when = ("all stored: opens at once" if not todo else
+            views.format_seconds(sum(guesses)) + " for the runs not stored yet" if None not in guesses else
+            f"{len(todo)} of {len(preset)} runs to compute (no stored run to estimate from yet)")
     st.write("**Reproduce the papers' findings** on the embedded data (natural, PGD-AT, TRADES, MMD + mix-up, "
-             "DP-SGD; three seeds; about three minutes on 2 cores the first time, instant afterwards).")
+             f"DP-SGD; three seeds): {when}.")
     if st.button("Run the reproduction preset", key="def_reproduce"):
         bar = st.progress(0.0)
         table = reproduce(ex.DEFAULT_CONFIG, store=state.store(), executor="serial",
@@ -72,21 +80,24 @@ sub = table[(table["dataset"] == d) & (table["model"] == m) & (table["members"] 
 sub = sub.reset_index(drop=True)
 
 front = pareto_front(sub["test accuracy"].to_numpy(), sub["leakage"].to_numpy())
-labels = [f"{r.defense} {r.strength:g} · seed {r.seed} · {r.search}" for r in sub.itertuples()]
+labels = list(sub["label"])
 st.plotly_chart(figures.tradeoff_figure(sub["test accuracy"].to_numpy(), sub["leakage"].to_numpy(), labels, front,
                                         leak_name=f"{attack} {measure}", groups=list(sub["defense"])),
                 width="stretch")
 
 agg = views.aggregate_over_seeds(sub)
-a, b = st.columns(2)
-a.plotly_chart(figures.strength_figure(agg, x="strength", y="leakage", group="defense", error="leakage_sd",
-                                       y_title=f"{attack} {measure} (mean ± sd over seeds)"), width="stretch")
-b.plotly_chart(figures.strength_figure(agg, x="strength", y="accuracy", group="defense", error="accuracy_sd",
-                                       y_title="test accuracy (mean ± sd over seeds)"), width="stretch")
-st.dataframe(agg, hide_index=True, width="stretch", key="def_aggregate",
-             column_config={"robust": st.column_config.NumberColumn(
-                 "robust accuracy", help="Accuracy on non-members under a 20-step PGD attack at adv_epsilon.",
-                 format="%.3f")})
+labels_by_defense = {s.name: s.strength_label for s in DEFENSES.specs()}
+st.plotly_chart(figures.strength_figure(agg, x="strength", y="leakage", group="defense", error="leakage_sd",
+                                        y_title=f"{attack} {measure}<br>(mean ± sd over seeds)",
+                                        strength_labels=labels_by_defense), width="stretch")
+st.plotly_chart(figures.strength_figure(agg, x="strength", y="accuracy", group="defense", error="accuracy_sd",
+                                        y_title="test accuracy<br>(mean ± sd over seeds)",
+                                        strength_labels=labels_by_defense), width="stretch")
+shown = agg.assign(robust=[f"{v:.3f}" if v == v else "not measured" for v in agg["robust"]])
+st.dataframe(shown, hide_index=True, width="stretch", key="def_aggregate",
+             column_config={"robust": st.column_config.TextColumn(
+                 "robust accuracy", help="Accuracy on non-members under a 20-step PGD attack at adv_epsilon "
+                                         "(measured for undefended and adversarially trained models).")})
 
 st.subheader("Two runs side by side")
 ids = list(sub["run"])

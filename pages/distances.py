@@ -27,14 +27,15 @@ if method != run.config.distance_method:
 def histogram_panel(root: str, run_id: str) -> None:
     run = state.open_run(root, run_id)
     a, b, c, d = st.columns(4)
-    norm = a.radio("norm", ["L2", "L-inf"], horizontal=True, key="hist_norm")
-    log_x = b.toggle("log distance axis", key="hist_log")
-    density = c.toggle("density instead of counts", key="hist_density")
+    norm = a.radio("norm", ["L2", "L-inf"], horizontal=True, key="hist_norm", persist_state="session")
+    log_x = b.toggle("log distance axis", key="hist_log", persist_state="session")  # kept across page visits
+    density = c.toggle("density instead of counts", key="hist_density", persist_state="session")
     bins = d.slider("bins", 10, 100, 40, step=5, key="hist_bins")
     attack = "distance_l2" if norm == "L2" else "distance_linf"
     m, n = run.table.member_nonmember(attack)
     st.plotly_chart(figures.distance_histogram(m, n, norm_label=figures.NORM_UNITS[attack], log_x=log_x,
-                                               density=density, bins=bins), width="stretch")
+                                               density=density, bins=bins,
+                                               title=f"Distance to the decision boundary ({norm})"), width="stretch")
     metrics = run.record.attacks[attack]
     k1, k2, k3, k4 = st.columns(4)
     k1.metric("distance attack AUC", f"{metrics.auc:.3f}", help=views.METRIC_HELP["AUC"])

@@ -22,11 +22,14 @@ st.caption("Interactive HTML downloads (plotly embedded: they open offline); eve
 attacks = list(run.record.attacks)
 aucs = {a: m.auc for a, m in run.record.attacks.items()}
 figs = {
-    "distance_histogram_l2": figures.distance_histogram(*run.table.member_nonmember("distance_l2")),
+    "distance_histogram_l2": figures.distance_histogram(*run.table.member_nonmember("distance_l2"),
+                                                        title="Distance to the decision boundary (L2)"),
     "distance_histogram_linf": figures.distance_histogram(*run.table.member_nonmember("distance_linf"),
-                                                          norm_label="L-inf norm"),
-    "roc": figures.roc_figure(state.rocs(run, attacks), aucs=aucs),
-    "roc_loglog": figures.roc_figure(state.rocs(run, attacks), aucs=aucs, log=True),
+                                                          norm_label="L-inf norm",
+                                                          title="Distance to the decision boundary (L-inf)"),
+    "roc": figures.roc_figure(state.rocs(run, attacks), aucs=aucs, title="ROC of every attack (linear axes)"),
+    "roc_loglog": figures.roc_figure(state.rocs(run, attacks), aucs=aucs, log=True,
+                                     title="ROC of every attack (log-log axes: the low-FPR regime)"),
 }
 for name, fig in figs.items():
     c1, c2 = st.columns([4, 1])

@@ -1,0 +1,238 @@
+"""The dashboard as a new user sees it (issue: two wrong numbers, runs that cannot be told apart, charts that
+mislead, needless waits). Each test failed before the fix it names."""
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from mia_core import evaluation, figures, views
+from mia_core import experiment as ex
+from mia_core.label_only import CONV_ROWS_PER_CALL, label_only_distance
+from mia_core.metrics import roc_points
+from mia_core.models import build_model
+from mia_core.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ex.ExperimentConfig(width=64, members=120, epochs=10, bootstrap_rounds=20, reference_scored=60,
+                           distance_method="deepfool", lira_shadows=2, label_only_queries=100)
+
+
+@pytest.fixture
+def app(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIA_STORE", str(tmp_path))
+    monkeypatch.setattr(ex, "DEFAULT_CONFIG", FAST)
+
+    def open_page(page, run_id=None):
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+        if run_id:
+            at.query_params["run"] = run_id
+        at.run()
+        at.switch_page(page).run()
+        assert not at.exception, at.exception
+        return at
+
+    return open_page
+
+
+def _figures(at):
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+# ----------------------------------------------------------------------------- wrong numbers
+
+
+def test_a_checkpoint_is_evaluated_on_the_split_the_user_set(app, tmp_path):
+    """The checkpoint button used the form's stale values: 300 members typed, a run with 200 stored."""
+    at = app("pages/experiment.py")
+    at.number_input(key="cfg_members").set_value(300)
+    at.number_input(key="cfg_width").set_value(64)
+    at.run()
+    buf = io.BytesIO()
+    torch.manual_seed(0)
+    torch.save(build_model("mlp", (1, 8, 8), 10, width=64).state_dict(), buf)
+    at.file_uploader(key="ckpt_upload").upload("mine.pt", buf.getvalue()).run()
+    at.button(key="ckpt_evaluate").click().run()
+    assert not at.exception, at.exception
+    runs = ex.list_runs(tmp_path)
+    assert [r.record.n_members for r in runs] == [300]
+    assert any("300 members" in s.value for s in at.success)
+    assert "checkpoint" in views.describe(runs[0].record.config)
+    frame = views.runs_frame(runs)
+    assert views.defense_families(frame).empty  # a checkpoint never poses as a trained configuration
+
+
+# ----------------------------------------------------------------------------- runs a user can tell apart
+
+
+def test_run_labels_say_what_differs(tmp_path):
+    dp = ex.run_experiment(FAST.replace(defense="dp_sgd", defense_strength=1.0), store=tmp_path).record
+    assert "dp_sgd (noise multiplier 1)" in views.run_label(dp) and "ε = " in views.run_label(dp)
+    a = ex.run_experiment(FAST, store=tmp_path).record
+    b = ex.run_experiment(FAST.replace(distance_method="superdeepfool"), store=tmp_path).record
+    masked = ex.run_experiment(FAST.replace(output_mask="label"), store=tmp_path).record
+    labels = {views.run_label(r) for r in (a, b, masked)}
+    assert len(labels) == 3 and any("API returns label" in x for x in labels)
+    frame, differing = views.compare_runs([a, b, dp], ["a", "b", "dp"])
+    assert set(differing) == {"distance_method", "defense", "defense_strength", "DP epsilon"}
+    assert list(frame.columns) == ["a", "b", "dp"] and frame.loc["test accuracy", "a"] == a.test_accuracy
+
+
+def test_runs_can_be_named_filtered_and_deleted_keeping_the_store_consistent(app, tmp_path):
+    a = ex.run_experiment(FAST, store=tmp_path)
+    b = ex.run_experiment(FAST.replace(distance_method="superdeepfool"), store=tmp_path)  # same model
+    c = ex.run_experiment(FAST.replace(seed=1), store=tmp_path)
+    store = Store(tmp_path)
+    store.set_name(a.run_id, "baseline  for class")
+    assert store.names() == {a.run_id: "baseline for class"}
+    at = app("pages/experiment.py")
+    listed = at.data_editor[0].value
+    assert len(listed) == 3 and "baseline for class" in set(listed["name"])
+    at.text_input(key="runs_filter").set_value("baseline class").run()
+    assert not at.exception and list(at.data_editor[0].value["run"]) == [a.run_id]
+    at.text_input(key="runs_filter").set_value("superdeepfool").run()
+    assert list(at.data_editor[0].value["run"]) == [b.run_id]
+    store.delete_run(a.run_id)  # its model stays: b still uses it
+    assert a.run_dir.is_dir() and not a.eval_dir.exists() and store.names() == {}
+    store.delete_run(b.run_id)  # the last evaluation: the model and its cached stages go too
+    assert not b.run_dir.exists()
+    assert [r.run_id for r in ex.list_runs(tmp_path)] == [c.run_id]
+
+
+# ----------------------------------------------------------------------------- charts that say what they mean
+
+
+def test_defense_charts_keep_one_colour_per_defense_and_their_own_strength_axes():
+    agg = pd.DataFrame({"defense": ["none", "pgd_at", "pgd_at", "dp_sgd", "mmd_mixup"],
+                        "strength": [0.0, 0.05, 0.1, 1.0, 3.0], "leakage": [0.6, 0.62, 0.65, 0.52, 0.58],
+                        "leakage_sd": [0.01] * 5})
+    fig = figures.strength_figure(agg, x="strength", y="leakage", group="defense", error="leakage_sd",
+                                  strength_labels={"pgd_at": "epsilon", "dp_sgd": "noise multiplier",
+                                                   "mmd_mixup": "lambda"})
+    titles = [fig.layout[ax].title.text for ax in ("xaxis", "xaxis2", "xaxis3")]
+    assert titles == ["pgd_at: epsilon", "dp_sgd: noise multiplier", "mmd_mixup: lambda"]
+    colours = {t.name: t.line.color for t in fig.data if t.name in ("pgd_at", "dp_sgd", "mmd_mixup")}
+    scatter = figures.tradeoff_figure(np.array([0.9, 0.8, 0.7]), np.array([0.6, 0.6, 0.5]), ["a", "b", "c"],
+                                      np.array([0]), groups=["none", "pgd_at", "dp_sgd"])
+    assert {t.name: t.marker.color for t in scatter.data} == {"none": figures.defense_color("none"),
+                                                              "pgd_at": colours["pgd_at"],
+                                                              "dp_sgd": colours["dp_sgd"]}
+    assert "Pareto front" not in {t.name for t in scatter.data}  # one point is no front: no legend entry
+
+
+def test_roc_curves_stay_distinguishable_past_eight_attacks():
+    rocs = {f"a{i}": type("R", (), {"fpr": np.r_[0.0, 1.0], "tpr": np.r_[0.0, 1.0]})() for i in range(12)}
+    fig = figures.roc_figure(rocs)
+    styles = {(t.line.color, t.line.dash) for t in fig.data if t.name.startswith("a")}
+    assert len(styles) == 12
+
+
+def test_overview_roc_includes_the_headline_attack(app, tmp_path):
+    run = ex.run_experiment(FAST, store=tmp_path)
+    head = views.headline(run.record)
+    at = app("pages/overview.py", run.run_id)
+    names = {t.get("name", "") for f in _figures(at) for t in f["data"]}
+    assert any(n.startswith(head.best_attack + " (AUC") for n in names)
+
+
+def test_attacks_page_shows_every_attack_and_says_which_tpr_levels_are_unresolved(app, tmp_path):
+    run = ex.run_experiment(FAST.replace(members=90), store=tmp_path)  # 90 non-members: FPR 1% is < 1 sample
+    at = app("pages/attacks.py", run.run_id)
+    table = [el.value for el in at.dataframe if "AUC 95% CI" in el.value.columns][0]
+    assert len(table) == len(run.record.attacks) and views.table_height(len(table)) > 35 * len(table)
+    note = [c.value for c in at.caption if "needs at least" in c.value]
+    assert len(note) == 1 and "TPR@0.1% needs at least 1,000" in note[0] and "TPR@1% needs at least 100" in note[0]
+    assert "TPR@10%" not in note[0]
+    assert views.resolution_note(1000) is None
+    thr = [f for f in _figures(at) if "scores" in f["layout"]["title"]["text"]][0]
+    ys = [a["y"] for a in thr["layout"]["annotations"]]
+    assert len(ys) == len(set(ys)) == 3  # the three threshold labels sit on separate lines
+
+
+def test_export_html_opens_offline_and_titles_differ(app, tmp_path):
+    run = ex.run_experiment(FAST, store=tmp_path)
+    at = app("pages/export.py", run.run_id)
+    titles = [f["layout"]["title"]["text"] for f in _figures(at)]
+    assert len(set(titles)) == len(titles) == 4
+    html = figures.roc_figure({"loss": roc_points(*run.table.member_nonmember("loss"))}).to_html(
+        include_plotlyjs=True)  # what the page's HTML buttons offer
+    assert '<script src="https://cdn.plot.ly' not in html and len(html) > 1_000_000  # plotly.js is inside
+
+
+def test_playground_shows_classes_a_histogram_a_lesson_and_the_spread_over_seeds(app):
+    at = app("pages/playground.py")
+    figs = _figures(at)
+    assert any("distance" in f["layout"]["title"]["text"].lower() and f["data"][0]["type"] == "bar" for f in figs)
+    points = [t for t in figs[0]["data"] if t.get("name") in ("members", "non-members")]
+    assert all(t["marker"]["line"]["color"] == "#222222" and len(set(t["marker"]["symbol"])) >= 2 for t in points)
+    at.button(key="lesson_1").click().run()
+    assert not at.exception
+    assert at.slider(key="pg_members").value == 30 and at.select_slider(key="pg_epochs").value == 800
+    at.button(key="pg_spread").click().run()
+    assert not at.exception
+    shown = {m.label: m.value for m in at.metric}
+    assert "±" in shown["distance attack AUC over 3 seeds"]
+
+
+# ----------------------------------------------------------------------------- needless waits
+
+
+def test_switching_the_search_reuses_the_label_only_stage(tmp_path, monkeypatch):
+    calls = []
+    real = evaluation.label_only_distance
+
+    def counting(*args, **kw):
+        calls.append(kw.get("norm"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(evaluation, "label_only_distance", counting)
+    a = ex.run_experiment(FAST, store=tmp_path)
+    assert len(calls) == 6  # two norms x three groups
+    b = ex.run_experiment(FAST.replace(distance_method="superdeepfool"), store=tmp_path)
+    assert len(calls) == 6  # nothing searched again
+    np.testing.assert_array_equal(a.scores("label_only_l2", "members"), b.scores("label_only_l2", "members"))
+    assert b.record.timings.label_only_seconds < a.record.timings.label_only_seconds
+    ex.run_experiment(FAST.replace(label_only_queries=120), store=tmp_path)
+    assert len(calls) == 12  # a different budget is a different stage
+
+
+def test_estimates_come_from_stored_runs(tmp_path):
+    run = ex.run_experiment(FAST, store=tmp_path)
+    assert views.estimate_seconds(FAST, []).seconds is None
+    one = views.estimate_seconds(FAST, [run.record]).seconds
+    assert one == pytest.approx(run.record.timings.train_seconds + run.record.timings.evaluation_seconds, rel=0.05)
+    more = views.estimate_seconds(FAST.replace(epochs=40, lira_shadows=8), [run.record]).seconds
+    assert more > 1.5 * one
+
+
+def test_view_toggles_survive_a_visit_to_another_page(app, tmp_path):
+    run = ex.run_experiment(FAST, store=tmp_path)
+    at = app("pages/attacks.py", run.run_id)
+    at.toggle(key="roc_log").set_value(True).run()
+    at.switch_page("pages/overview.py").run()
+    at.switch_page("pages/attacks.py").run()
+    assert at.toggle(key="roc_log").value is True
+
+
+class _RowCounter(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.rows = model, []
+
+    def forward(self, x):
+        self.rows.append(len(x))
+        return self.model(x)
+
+
+def test_the_label_only_search_bounds_a_cnn_forward_pass(trained_cnn, digits):
+    model, split = trained_cnn
+    spy = _RowCounter(model)
+    x = torch.from_numpy(digits.x[split.nonmembers[:256]])
+    r = label_only_distance(spy, x, digits.y[split.nonmembers[:256]], max_queries=600)
+    assert np.isfinite(r.norms).mean() > 0.9
+    assert max(spy.rows) <= CONV_ROWS_PER_CALL < 256 * 64  # a probe round used to be one 256 x 128 batch
