@@ -88,7 +88,9 @@ def require_run() -> ex.RunResult:
     """The current run, or a prompt to create one (and stop the page)."""
     run = current_run()
     if run is None:
-        st.info("No run is open yet. Run the demo (digits, a small MLP, about fifteen seconds) or choose an "
+        guess = views.estimate_seconds(ex.DEFAULT_CONFIG, [r.record for r in all_runs()])
+        when = views.format_seconds(guess.seconds) if guess.seconds is not None else "a first run, time not known yet"
+        st.info(f"No run is open yet. Run the demo ({views.describe(ex.DEFAULT_CONFIG)}; {when}) or choose an "
                 "experiment on the Experiment page.")
         if st.button("Run the demo", type="primary", key="demo_inline"):
             run_with_progress(ex.DEFAULT_CONFIG, "Training the demo model")

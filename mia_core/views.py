@@ -174,7 +174,7 @@ def runs_frame(runs: Sequence, leak: Metric = AUC, attack: str | None = None) ->
             "checkpoint": bool(c.checkpoint), "test accuracy": rec.test_accuracy,
             "leakage": leak(rec.attacks[a]) if a in rec.attacks else float("nan"),
             "robust accuracy": np.nan if rec.defense.robust_accuracy is None else rec.defense.robust_accuracy,
-            "label": describe(c),
+            "label": run_label(rec),
         })
     return pd.DataFrame(rows)
 

@@ -47,9 +47,12 @@ with st.expander("Train defended models", expanded=False):
              f"DP-SGD; three seeds): {when}.")
     if st.button("Run the reproduction preset", key="def_reproduce"):
         bar = st.progress(0.0)
-        table = reproduce(ex.DEFAULT_CONFIG, store=state.store(), executor="serial",
-                          progress=lambda stage, f: bar.progress(min(f, 1.0), text=stage))
-        st.session_state["reproduce_table"] = table
+        try:
+            st.session_state["reproduce_table"] = reproduce(
+                ex.DEFAULT_CONFIG, store=state.store(), executor="serial",
+                progress=lambda stage, f: bar.progress(min(f, 1.0), text=stage))
+        except state.RUN_ERRORS as err:
+            state.show_error(err)
     if "reproduce_table" in st.session_state:
         st.markdown(st.session_state["reproduce_table"])
 

@@ -14,7 +14,10 @@ with left:
         "prediction). This dashboard trains a model, measures every sample's distance and the classic signals, "
         "and scores how well each separates members from non-members: ROC, AUC and TPR at low FPR."
     )
-    if st.button("Run the demo", type="primary", help=views.describe(ex.DEFAULT_CONFIG), key="demo"):
+    guess = views.estimate_seconds(ex.DEFAULT_CONFIG, [r.record for r in state.all_runs()])
+    if st.button("Run the demo", type="primary", key="demo",
+                 help=views.describe(ex.DEFAULT_CONFIG) + (f"; {views.format_seconds(guess.seconds)}, {guess.basis}"
+                                                           if guess.seconds is not None else "")):
         try:
             state.run_with_progress(ex.DEFAULT_CONFIG, "Training the demo model")
         except state.RUN_ERRORS as err:
