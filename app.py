@@ -2,6 +2,8 @@
 
 import streamlit as st
 
+from dashboard import state
+
 st.set_page_config(page_title="Membership Leakage Explorer", page_icon=":material/visibility:", layout="wide")
 
 PAGES = [
@@ -14,4 +16,9 @@ PAGES = [
     st.Page("pages/export.py", title="Export", icon=":material/download:"),
 ]
 
+try:
+    state.housekeeping(str(state.store().root))  # once per server process: leftovers older than an hour
+except ValueError as err:  # the store is misconfigured ($MIA_STORE names a file)
+    state.show_error(err)
+    st.stop()
 st.navigation(PAGES).run()

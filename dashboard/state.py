@@ -31,6 +31,13 @@ def show_error(err: BaseException) -> None:
     st.error(plain(err))
 
 
+@st.cache_resource(show_spinner=False)
+def housekeeping(root: str) -> ex.Collected:
+    """Once per server process and store: remove leftovers of interrupted writes and unused uploads older than
+    an hour (mia_core.experiment.collect_garbage)."""
+    return ex.collect_garbage(Store(root))
+
+
 def store() -> Store:
     """The store the app reads and writes: $MIA_STORE, else ./mia_runs (resolved on every call)."""
     return Store.resolve()

@@ -140,11 +140,17 @@ def boundary_figure(xx: np.ndarray, yy: np.ndarray, prob: np.ndarray, points: np
     labels = np.zeros(len(points), int) if labels is None else np.asarray(labels)
     for is_m, name, color in ((True, "members", MEMBER_COLOR), (False, "non-members", NONMEMBER_COLOR)):
         sel = member == is_m
-        fig.add_scatter(x=points[sel, 0], y=points[sel, 1], mode="markers", name=name,
+        fig.add_scatter(x=points[sel, 0], y=points[sel, 1], mode="markers", name=name, showlegend=False,
                         marker=dict(color=color, size=size[sel], opacity=0.95, line=dict(width=1.5, color="#222222"),
                                     symbol=[CLASS_SYMBOLS[c % len(CLASS_SYMBOLS)] for c in labels[sel]]),
                         text=[f"{name[:-1]}, class {c}, distance {v:.3f}" for c, v in zip(labels[sel], distance[sel])],
                         hoverinfo="text")
+        fig.add_scatter(x=[None], y=[None], mode="markers", name=name,  # the legend: colour only
+                        marker=dict(color=color, size=10, line=dict(width=1.5, color="#222222")))
+    for c in np.unique(labels):  # and one entry per class shape
+        fig.add_scatter(x=[None], y=[None], mode="markers", name=f"class {c}",
+                        marker=dict(color="#ffffff", size=10, symbol=CLASS_SYMBOLS[c % len(CLASS_SYMBOLS)],
+                                    line=dict(width=1.5, color="#222222")))
     fig.update_layout(title="Decision boundary; marker size = distance, shape = true class", xaxis_title="feature 1",
                       yaxis_title="feature 2", **_LAYOUT)
     fig.update_yaxes(scaleanchor="x", scaleratio=1)

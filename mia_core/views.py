@@ -277,6 +277,7 @@ def estimate_seconds(config: ExperimentConfig, past: Sequence[RunRecord]) -> Est
     longest = max(r.timings.shadow_seconds + r.timings.label_only_seconds for r in same)
     ref = min(same, key=lambda r: (  # prefer a run that computed its stages over one that reused them
         r.timings.shadow_seconds + r.timings.label_only_seconds < 0.5 * longest,
+        r.config.defense != config.defense,  # DP-SGD or adversarial training cost far more per epoch
         r.config.distance_method != config.distance_method,
                                    abs(math.log(r.config.members / config.members)),
                                    abs(math.log(r.config.width / config.width))))

@@ -168,7 +168,7 @@ def test_playground_shows_classes_a_histogram_a_lesson_and_the_spread_over_seeds
     at = app("pages/playground.py")
     figs = _figures(at)
     assert any("distance" in f["layout"]["title"]["text"].lower() and f["data"][0]["type"] == "bar" for f in figs)
-    points = [t for t in figs[0]["data"] if t.get("name") in ("members", "non-members")]
+    points = [t for t in figs[0]["data"] if t.get("name") in ("members", "non-members") and t["x"] != [None]]
     assert all(t["marker"]["line"]["color"] == "#222222" and len(set(t["marker"]["symbol"])) >= 2 for t in points)
     at.button(key="lesson_1").click().run()
     assert not at.exception
@@ -208,6 +208,9 @@ def test_estimates_come_from_stored_runs(tmp_path):
     assert one == pytest.approx(run.record.timings.train_seconds + run.record.timings.evaluation_seconds, rel=0.05)
     more = views.estimate_seconds(FAST.replace(epochs=40, lira_shadows=8), [run.record]).seconds
     assert more > 1.5 * one
+    dp = ex.run_experiment(FAST.replace(defense="dp_sgd", defense_strength=1.0, seed=3), store=tmp_path).record
+    assert "dp_sgd" not in views.estimate_seconds(FAST, [dp, run.record]).basis  # a like-for-like run first
+    assert "dp_sgd" in views.estimate_seconds(FAST.replace(defense="dp_sgd"), [run.record, dp]).basis
 
 
 def test_view_toggles_survive_a_visit_to_another_page(app, tmp_path):

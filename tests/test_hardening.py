@@ -348,3 +348,15 @@ def test_sweep_workers_exit_when_their_parent_is_killed(tmp_path):
     while time.time() < deadline and any(_alive(w) for w in workers):
         time.sleep(0.5)
     assert not any(_alive(w) for w in workers)
+
+
+def test_a_store_that_is_a_file_is_a_clear_message_in_the_app(tmp_path):
+    a_file = tmp_path / "store"
+    a_file.write_text("not a folder")
+    os.environ["MIA_STORE"] = str(a_file)
+    try:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    finally:
+        del os.environ["MIA_STORE"]
+    assert not at.exception
+    assert any("is a file, not a folder" in e.value for e in at.error)
