@@ -147,6 +147,9 @@ def metric_column_config() -> dict:
     cfg = {k: st.column_config.NumberColumn(k, help=v, format="%.3f") for k, v in views.METRIC_HELP.items()}
     cfg["attack"] = st.column_config.TextColumn("attack", help="; ".join(
         f"{s.title} ({s.name}): {s.help}" for s in ATTACKS.specs()))
+    cfg["ε lower bound"] = st.column_config.NumberColumn(
+        "ε lower bound", format="%.2f", help="The DP epsilon (at δ = 1e-5) this attack's reference-calibrated "
+        "thresholds rule out, with 95% confidence over all attacks together (Clopper-Pearson, Bonferroni).")
     cfg["id"] = st.column_config.TextColumn("id", help="the attack's identifier in the CLI, the store and exports")
     return cfg
 

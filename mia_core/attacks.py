@@ -208,6 +208,13 @@ for _spec in (
          "LiRA offline: how far above the OUT shadow-model Gaussian (no IN models needed)."),
         ("lira_offline_fixed", "LiRA offline, fixed variance", "LiRA offline with one global variance."),
     )),
+    AttackSpec("rmia_online", "RMIA online", "shadow models",
+               "RMIA (Zarifzadeh et al. 2024): share of population points z that x beats in likelihood ratio "
+               "[Pr(x|target)/Pr(x)] / [Pr(z|target)/Pr(z)] >= gamma, Pr(.) averaged over all reference models.",
+               lambda ctx: ctx.rmia("rmia_online"), needs_shadows=True),
+    AttackSpec("rmia_offline", "RMIA offline", "shadow models",
+               "RMIA with only the reference models that did not train on x, corrected by a (chosen on the "
+               "reference models themselves).", lambda ctx: ctx.rmia("rmia_offline"), needs_shadows=True),
     AttackSpec("local_variation", "Local variation (experimental)", "experimental",
                "This project's reading of Kadoche et al. 2022: minus the loss change from x to its minimal "
                "adversarial example per unit of L2 distance (flatter = more member-like).", _local_variation),

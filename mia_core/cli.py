@@ -98,6 +98,8 @@ def format_table(record: RunRecord) -> str:
     lines.append("")
     lines.append("adv = max over thresholds of TPR - FPR. Calibrated: threshold set on the reference pool at 1% FPR "
                  "(LiRA has no reference scores: its points must be in the shadows' pool).")
+    if note := views.privacy_summary(record):
+        lines += ["", note]
     lines.append("")
     lines.append(f"{'threshold rule (chosen without membership labels, except ORACLE)':<58}{'TPR':>7}{'FPR':>7}{'bal acc':>9}")
     for rule, v in record.thresholds.items():

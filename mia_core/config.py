@@ -134,6 +134,11 @@ class ExperimentConfig:
                                     high=10_000_000, label="label-only queries")
     lira_shadows: int = param(16, E, "shadow models for LiRA and shadow-calibrated thresholds (even, >= 2)",
                               low=2, high=4096, label="shadow models")
+    rmia_gamma: float = param(1.0, E, "RMIA's likelihood-ratio threshold gamma (Zarifzadeh et al. 2024; 1 as in "
+                              "ML Privacy Meter)", low=0.0, high=1e6, label="RMIA gamma")
+    rmia_offline_a: float | None = param(None, E, "offline RMIA's correction a (default: chosen by attacking reference "
+                                         "models with the others)", kind=float, low=0.0, high=1.0, optional=True,
+                                         label="RMIA offline a")
     output_mask: str = param("none", E, "what the attacker's API returns: none (full probabilities), label "
                              "(top-1 only), round2 (rounded to 2 decimals)", choices=_names("probabilities.OUTPUT_MASKS"),
                              label="what the attacker's API returns")

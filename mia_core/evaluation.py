@@ -32,6 +32,8 @@ from .lira import ShadowSet, lira_scores, phi_from_log_probs, shadow_key, shadow
 from .metrics import AttackMetrics, attack_metrics
 from .models import build_model
 from .probabilities import log_probabilities, mask_log_probs
+from .privacy import run_epsilon_bound
+from .rmia import choose_offline_a, rmia_scores, true_label_probability
 from .records import Environment, GroupScores, RunRecord, ScoreTable, ThresholdReport, Timings, TrainingRecord
 from .store import Store, atomic_folder, config_hash, discard_folder, folder_problem, write_json
 from .thresholds import attacker_thresholds
@@ -86,7 +88,9 @@ class SharedWork:
         self.groups: dict[str, GroupScoring] = {}
         self._shadows: ShadowSet | None = None
         self._lira: dict[str, np.ndarray] | None = None
+        self._rmia: dict[str, np.ndarray] | None = None
         self.shadow_seconds = 0.0
+        self.parameters: dict[str, float] = {}  # attack parameters chosen during the evaluation
 
     @property
     def pool(self) -> np.ndarray:
@@ -100,11 +104,16 @@ class SharedWork:
             i, cfg = self.inputs, self.inputs.config
             ds, pool = i.dataset, self.pool
             wd, dropout = cfg.effective_training()
+            population = self.groups["reference"].x  # RMIA's z: points neither the target nor a shadow trained on
+            cache = i.shadow_dir
+            if cache is None and i.stage_dir is not None:
+                digest = hashlib.sha256(np.ascontiguousarray(self.groups["reference"].index).tobytes()).hexdigest()
+                cache = i.stage_dir / f"shadows-{shadow_key(cfg.lira_shadows, cfg.seed, digest)}"
             self._shadows = shadow_set(
                 lambda: build_model(cfg.model, ds.input_shape, ds.num_classes, width=cfg.width, dropout=dropout),
                 torch.from_numpy(ds.x[pool]).to(i.device), torch.from_numpy(ds.y[pool]).to(i.device),
                 n_models=cfg.lira_shadows, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=wd,
-                seed=cfg.seed, cache_dir=i.shadow_dir, progress=i.progress)
+                seed=cfg.seed, cache_dir=cache, progress=i.progress, population=population)
             self.shadow_seconds = time.perf_counter() - t0
         return self._shadows
 
@@ -117,6 +126,28 @@ class SharedWork:
                                self.groups["nonmembers"].artifacts["lira_phi"]]
             self._lira = lira_scores(target_phi, shadow_phi, shadows.inside)
         return self._lira
+
+    def rmia(self) -> dict[str, np.ndarray]:
+        """RMIA online and offline over the pool, members first (Zarifzadeh, Liu & Shokri, ICML 2024), with the
+        scored reference samples as the population z."""
+        if self._rmia is None:
+            cfg, shadows, y = self.inputs.config, self.shadows(), self.inputs.dataset.y
+            pool_y, ref = y[self.pool], self.groups["reference"]
+            target_x = np.r_[true_label_probability(self.groups["members"].logp, self.groups["members"].y),
+                             true_label_probability(self.groups["nonmembers"].logp, self.groups["nonmembers"].y)]
+            target_z = true_label_probability(ref.logp, ref.y)
+            ref_x = true_label_probability(self.inputs.mask(shadows.logp), pool_y)
+            ref_z = true_label_probability(self.inputs.mask(shadows.population_logp), ref.y)
+            a = cfg.rmia_offline_a
+            if a is None:
+                a = choose_offline_a(ref_x, ref_z, shadows.inside, gamma=cfg.rmia_gamma)
+            self.parameters["rmia_offline_a"] = a
+            self._rmia = {
+                "rmia_online": rmia_scores(target_x, target_z, ref_x, ref_z, gamma=cfg.rmia_gamma),
+                "rmia_offline": rmia_scores(target_x, target_z, ref_x, ref_z, shadows.inside, gamma=cfg.rmia_gamma,
+                                            a=a),
+            }
+        return self._rmia
 
 
 def _read_label_only(folder: Path) -> LabelOnlyResult | None:
@@ -208,9 +239,16 @@ class GroupScoring:
 
     def lira(self, variant: str) -> np.ndarray:
         """A LiRA variant's scores for this group; NaN for points outside the shadows' pool."""
+        return self._pool_slice(self.shared.lira, variant)
+
+    def rmia(self, variant: str) -> np.ndarray:
+        """An RMIA variant's scores for this group; NaN for points outside the shadows' pool."""
+        return self._pool_slice(self.shared.rmia, variant)
+
+    def _pool_slice(self, scores, variant: str) -> np.ndarray:
         if self.pool_offset is None:
             return np.full(len(self.y), np.nan)
-        return self.shared.lira()[variant][self.pool_offset : self.pool_offset + len(self.y)]
+        return scores()[variant][self.pool_offset : self.pool_offset + len(self.y)]
 
 
 @dataclass
@@ -270,6 +308,7 @@ def summarise(inputs: EvaluationInputs, scoring: ScoringResult, metrics: dict[st
     """Step 5: the run record."""
     table, cfg = scoring.table, inputs.config
     n_scored = sum(len(g) for g in table.groups.values())
+    bound, per_attack = run_epsilon_bound(metrics, len(inputs.split.members), len(inputs.split.nonmembers))
     queries = table["members"].artifacts.get("label_only_l2_queries")
     return RunRecord(
         config=cfg, train_key=train_key, eval_key=cfg.eval_key(),
@@ -285,6 +324,8 @@ def summarise(inputs: EvaluationInputs, scoring: ScoringResult, metrics: dict[st
                                 platform=platform.platform(), finished_at=time.strftime("%Y-%m-%dT%H:%M:%S")),
         label_only_queries_used=float(np.mean(queries)) if queries is not None and len(queries) else float("nan"),
         unavailable={a: f"not defined for the '{cfg.model}' model" for a, m in metrics.items() if not m.defined},
+        attack_parameters=dict(scoring.shared.parameters),
+        epsilon_bound=bound, epsilon_bounds={a: b.epsilon for a, b in per_attack.items()},
     )
 
 
@@ -299,8 +340,6 @@ def evaluate(inputs: EvaluationInputs, training: TrainingRecord, store: Store, t
     """The whole pipeline for one trained model; writes the evaluation into the store and returns its record."""
     cfg = inputs.config
     t0 = time.perf_counter()
-    if inputs.shadow_dir is None:
-        inputs.shadow_dir = store.shadows_dir(train_key, shadow_key(cfg.lira_shadows, cfg.seed))
     if inputs.stage_dir is None:
         inputs.stage_dir = store.run_dir(train_key)
     scoring = score_groups(inputs, scored_groups(inputs.split, cfg))

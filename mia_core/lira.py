@@ -38,6 +38,7 @@ def phi_from_log_probs(logp: np.ndarray, y: np.ndarray) -> np.ndarray:
 class ShadowSet:
     logp: np.ndarray  # [models, points, classes] precise log-softmax of each pool point on each shadow
     inside: np.ndarray  # [models, points] bool, the point was in that shadow's training set
+    population_logp: np.ndarray | None = None  # [models, population, classes]: points no shadow trained on
 
     def phi(self, y: np.ndarray, mask: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
         """[models, points] phi, after the same output masking as the target's API (if any)."""
@@ -55,9 +56,10 @@ def train_shadow_chunk(
     lr: float,
     weight_decay: float,
     seed: int,
-) -> torch.Tensor:
+    population: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Train len(subsets) models at once, model i on x[subsets[i]]; return the precise log-softmax of every
-    x on every model, [models, points, classes]."""
+    x on every model, [models, points, classes], and of every `population` point (never trained on)."""
     torch.manual_seed(seed)
     models = [build().to(x.device) for _ in range(len(subsets))]
     for m, sub in zip(models, subsets):
@@ -86,9 +88,12 @@ def train_shadow_chunk(
         for m in models:
             m.eval()
         base.eval()
-        logits = torch.cat([vmap(run)(params, buffers, x[None].expand(n_models, *x.shape)[:, i : i + 2048])
-                            for i in range(0, len(x), 2048)], dim=1)
-    return precise_log_softmax(logits.flatten(0, 1)).view(n_models, len(x), -1)
+        def outputs(points: torch.Tensor) -> torch.Tensor:
+            logits = torch.cat([vmap(run)(params, buffers, points[None].expand(n_models, *points.shape)[:, i : i + 2048])
+                                for i in range(0, len(points), 2048)], dim=1)
+            return precise_log_softmax(logits.flatten(0, 1)).view(n_models, len(points), -1)
+
+        return outputs(x), None if population is None or not len(population) else outputs(population)
 
 
 def shadow_set(
@@ -105,9 +110,11 @@ def shadow_set(
     cache_dir: Path | None = None,
     chunk: int = 8,
     progress=None,
+    population: torch.Tensor | None = None,
 ) -> ShadowSet:
-    """`n_models` shadows on random halves of (x, y), trained `chunk` at a time. With `cache_dir`, each
-    finished chunk is stored atomically and reused, so an interrupted computation resumes."""
+    """`n_models` shadows on random halves of (x, y), trained `chunk` at a time, and their outputs on `population`
+    (points none of them trained on, for RMIA). With `cache_dir`, each finished chunk is stored atomically and
+    reused, so an interrupted computation resumes; `cache_dir` must be specific to the population."""
     rng = np.random.default_rng(seed + 1000)
     n = len(x)
     half = n // 2
@@ -117,34 +124,41 @@ def shadow_set(
         perm = rng.permutation(n)
         subsets += [np.sort(perm[:half]), np.sort(perm[half : 2 * half])]
     subsets = np.array(subsets[:n_models])
-    parts = []
+    parts, pop_parts = [], []
     for c in range(0, n_models, chunk):
         folder = cache_dir / f"chunk-{c // chunk:03d}" if cache_dir else None
-        logp = _read_chunk(folder) if folder is not None else None
-        if logp is None:
+        stored = _read_chunk(folder) if folder is not None else None
+        if stored is None:
             sub = torch.from_numpy(subsets[c : c + chunk]).to(x.device)
-            logp = train_shadow_chunk(build, x, y, sub, epochs=epochs, batch_size=batch_size, lr=lr,
-                                      weight_decay=weight_decay, seed=seed + 7919 * (c + 1)).cpu().numpy()
+            logp, pop = train_shadow_chunk(build, x, y, sub, epochs=epochs, batch_size=batch_size, lr=lr,
+                                           weight_decay=weight_decay, seed=seed + 7919 * (c + 1), population=population)
+            logp, pop = logp.cpu().numpy(), np.zeros((len(sub), 0, logp.shape[-1])) if pop is None else pop.cpu().numpy()
             if folder is not None:
                 discard_folder(folder)  # a damaged chunk is replaced
                 with atomic_folder(folder) as tmp:  # a unique temporary name: writers never collide
-                    np.savez(tmp / "logp.npz", logp=logp)
+                    np.savez(tmp / "logp.npz", logp=logp, population=pop)
+        else:
+            logp, pop = stored
         parts.append(logp)
+        pop_parts.append(pop)
         if progress:
             progress("shadow models (LiRA)", min(1.0, (c + chunk) / n_models))
     inside = np.zeros((n_models, n), dtype=bool)
     for i, sub in enumerate(subsets):
         inside[i, sub] = True
-    return ShadowSet(logp=np.concatenate(parts), inside=inside)
+    pop_logp = np.concatenate(pop_parts)
+    return ShadowSet(logp=np.concatenate(parts), inside=inside,
+                     population_logp=pop_logp if pop_logp.shape[1] else None)
 
 
-def _read_chunk(folder: Path) -> np.ndarray | None:
-    """A stored chunk's log-probabilities, or None when it is missing or damaged (then it is recomputed)."""
+def _read_chunk(folder: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """A stored chunk's log-probabilities (pool, population), or None when it is missing or damaged (then it
+    is recomputed)."""
     if not folder.is_dir() or folder_problem(folder) is not None:
         return None
     try:
         with np.load(folder / "logp.npz", allow_pickle=False) as z:
-            return z["logp"]
+            return z["logp"], z["population"]
     except (OSError, ValueError, KeyError):
         return None
 
@@ -173,5 +187,6 @@ def lira_scores(target_phi: np.ndarray, phi: np.ndarray, inside: np.ndarray) -> 
     }
 
 
-def shadow_key(n_models: int, seed: int) -> str:
-    return config_hash({"n_models": n_models, "seed": seed, "version": 2})  # 2: chunks are verified folders
+def shadow_key(n_models: int, seed: int, population: str | None = None) -> str:
+    """The cache key of a shadow set: its size, seed, and the digest of the population it also scores."""
+    return config_hash({"n_models": n_models, "seed": seed, "population": population, "version": 3})

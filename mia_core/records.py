@@ -16,6 +16,7 @@ import pandas as pd
 
 from .config import ExperimentConfig
 from .metrics import FPR_LEVELS, AttackMetrics, CalibratedThreshold
+from .privacy import EpsilonBound
 from .store import json_safe
 
 GROUPS = ("members", "nonmembers", "reference")
@@ -171,6 +172,9 @@ class RunRecord:
     environment: Environment
     label_only_queries_used: float
     unavailable: dict[str, str] = field(default_factory=dict)  # attack -> why it has no score here
+    attack_parameters: dict[str, float] = field(default_factory=dict)  # chosen during the run (RMIA's a)
+    epsilon_bound: EpsilonBound | None = None  # the measured leakage's lower bound on DP epsilon
+    epsilon_bounds: dict[str, float] = field(default_factory=dict)  # each attack's own (same confidence)
 
     @property
     def generalization_gap(self) -> float:
@@ -194,7 +198,9 @@ class RunRecord:
             "thresholds": [{"rule": k, **t.__dict__} for k, t in self.thresholds.items()],
             "defense": self.defense.to_dict(), "timings": self.timings.__dict__,
             "environment": self.environment.__dict__, "label_only_queries_used": self.label_only_queries_used,
-            "unavailable": self.unavailable,
+            "unavailable": self.unavailable, "attack_parameters": self.attack_parameters,
+            "epsilon_bound": None if self.epsilon_bound is None else self.epsilon_bound.__dict__,
+            "epsilon_bounds": self.epsilon_bounds,
         })
 
     @classmethod
@@ -212,6 +218,9 @@ class RunRecord:
             environment=Environment(**d["environment"]),
             label_only_queries_used=_f(d.get("label_only_queries_used")),
             unavailable=dict(d.get("unavailable") or {}),
+            attack_parameters={k: _f(v) for k, v in (d.get("attack_parameters") or {}).items()},
+            epsilon_bound=None if not d.get("epsilon_bound") else EpsilonBound(**d["epsilon_bound"]),
+            epsilon_bounds={k: _f(v) for k, v in (d.get("epsilon_bounds") or {}).items()},
         )
 
 

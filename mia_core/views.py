@@ -95,7 +95,8 @@ def metrics_table(record: RunRecord) -> pd.DataFrame:
         row = {"attack": attack_title(a), "id": a, "AUC": m.auc,
                "AUC 95% CI": f"[{m.auc_ci[0]:.3f}, {m.auc_ci[1]:.3f}]" if m.defined else "-"}
         row.update({fpr_label(f): m.tpr_at_fpr[f] for f in mt.FPR_LEVELS})
-        row.update({"advantage": m.max_advantage, "oracle accuracy": m.oracle_accuracy})
+        row.update({"advantage": m.max_advantage, "oracle accuracy": m.oracle_accuracy,
+                    "ε lower bound": record.epsilon_bounds.get(a, float("nan"))})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -330,3 +331,21 @@ LESSON = (
      "advantage in distance shrinks. Compare the AUC with step 1."),
 )
 """The Playground's guided lesson: (title, widget values, what to point out)."""
+
+
+def privacy_summary(record: RunRecord) -> str | None:
+    """The measured leakage as a lower bound on DP epsilon, beside what DP-SGD's accountant claims if it ran."""
+    b = record.epsilon_bound
+    if b is None:
+        return None
+    if b.attack is None:
+        text = (f"No attack's reference-calibrated threshold rules out any epsilon > 0 at δ = {b.delta:g} "
+                f"({b.confidence:.0%} confidence).")
+    else:
+        text = (f"Measured leakage: ε ≥ {b.epsilon:.2f} at δ = {b.delta:g} with {b.confidence:.0%} confidence (from "
+                f"{attack_title(b.attack)} at a threshold calibrated on reference data at {b.fpr_level:g} FPR; "
+                "Clopper-Pearson intervals, Bonferroni over every attack and level).")
+    if record.defense.epsilon is not None:
+        text += (f" DP-SGD's accountant guarantees ε ≤ {record.defense.epsilon:.2f} at δ = {record.defense.delta:g}: "
+                 f"the measured bound is {'below' if b.epsilon <= record.defense.epsilon else 'ABOVE'} it.")
+    return text

@@ -17,6 +17,8 @@ st.dataframe(metrics, hide_index=True, width="stretch", column_config=state.metr
              key="metrics_table", height=views.table_height(len(metrics)))  # every attack, no inner scroll
 if note := views.resolution_note(rec.n_nonmembers):
     st.caption(note)
+if privacy := views.privacy_summary(rec):
+    st.info(privacy, icon=":material/policy:")
 
 
 @st.fragment

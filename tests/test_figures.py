@@ -51,9 +51,15 @@ def test_boundary_and_scatter_and_strength_figures():
     prob[..., 0] = 1
     prob[:, 3:, 0], prob[:, 3:, 1] = 0, 1
     pts = np.array([[0.1, 0.1], [0.9, 0.9]])
-    fig = figures.boundary_figure(xs, xs, prob, pts, np.array([True, False]), np.array([0.2, np.inf]))
-    assert [t.type for t in fig.data] == ["heatmap", "contour", "scatter", "scatter"]
-    assert fig.data[2].marker.color == figures.MEMBER_COLOR
+    fig = figures.boundary_figure(xs, xs, prob, pts, np.array([True, False]), np.array([0.2, np.inf]),
+                                  labels=np.array([0, 1]))
+    assert [t.type for t in fig.data[:2]] == ["heatmap", "contour"]
+    drawn = [t for t in fig.data[2:] if t.x[0] is not None]  # the points; the rest are legend entries
+    assert [t.name for t in drawn] == ["members", "non-members"]
+    assert drawn[0].marker.color == figures.MEMBER_COLOR and list(drawn[0].x) == [0.1]
+    assert list(drawn[0].marker.symbol) == ["circle"] and list(drawn[1].marker.symbol) == ["square"]
+    legend = [t.name for t in fig.data if t.showlegend is not False and t.type == "scatter"]
+    assert legend == ["members", "non-members", "class 0", "class 1"]
     sc = figures.scatter_figure(np.array([1.0, 2.0]), np.array([1.5, np.inf]), np.array([True, False]),
                                 x_title="white-box", y_title="label-only", title="t")
     assert len(sc.data[0].x) == 1 and len(sc.data[1].x) == 0  # the infinite point is left out
