@@ -143,6 +143,13 @@ def vulnerability_table(root: str, run_id: str):
     return views.vulnerability_table(open_run(root, run_id).table)
 
 
+@st.cache_data(max_entries=32, show_spinner="Slicing…")
+def slice_rows(root: str, run_id: str, attack: str, slicing: str):
+    from mia_core.slices import slice_metrics
+
+    return slice_metrics(open_run(root, run_id).table, attack, slicing, bootstrap_rounds=200)
+
+
 def metric_column_config() -> dict:
     cfg = {k: st.column_config.NumberColumn(k, help=v, format="%.3f") for k, v in views.METRIC_HELP.items()}
     cfg["attack"] = st.column_config.TextColumn("attack", help="; ".join(

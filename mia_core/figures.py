@@ -220,3 +220,18 @@ def scatter_figure(x: np.ndarray, y: np.ndarray, member: np.ndarray, *, x_title:
         fig.add_scatter(x=[0, hi], y=[0, hi], mode="lines", name="y = x", line=dict(color="#777", dash="dash"))
     fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, **_LAYOUT)
     return fig
+
+
+def slice_figure(rows, *, title: str) -> go.Figure:
+    """An attack's AUC per slice with its bootstrap interval; 0.5 (no leak) dashed. `rows`: SliceMetrics."""
+    names = [f"{r.slice} (n={r.members}+{r.nonmembers})" for r in rows]
+    aucs = np.array([r.auc for r in rows], float)
+    lo = np.array([r.auc_ci[0] for r in rows], float)
+    hi = np.array([r.auc_ci[1] for r in rows], float)
+    fig = go.Figure()
+    fig.add_bar(x=names, y=aucs, marker_color=MEMBER_COLOR, name="AUC",
+                error_y=dict(type="data", symmetric=False, array=hi - aucs, arrayminus=aucs - lo),
+                hovertemplate="%{x}<br>AUC %{y:.3f}<extra></extra>")
+    fig.add_hline(y=0.5, line=dict(color="#777777", dash="dash"), annotation_text="no leak")
+    fig.update_layout(title=title, yaxis_title="AUC (95% bootstrap interval)", yaxis_range=[0, 1], **_LAYOUT)
+    return fig

@@ -5,6 +5,7 @@ import streamlit as st
 from dashboard import state
 from mia_core import figures, views
 from mia_core import metrics as mt
+from mia_core.slices import SLICINGS
 
 st.title("Attacks")
 run = state.require_run()
@@ -80,6 +81,17 @@ def threshold_panel() -> None:
 
 
 threshold_panel()
+
+st.subheader("Where it leaks")
+st.caption("The attack's AUC within slices of the evaluation, with 95% bootstrap intervals: per class, per correctly "
+           "or wrongly classified sample, per decile of the boundary distance (D1 nearest). Slices with fewer than "
+           "5 members or non-members are left empty.")
+s1, s2 = st.columns(2)
+slice_attack = s1.selectbox("attack", [a for a, m in rec.attacks.items() if m.defined], key="slice_attack",
+                            format_func=views.attack_title, index=0)
+slicing = s2.radio("slice by", SLICINGS, horizontal=True, key="slice_by", persist_state="session")
+st.plotly_chart(figures.slice_figure(state.slice_rows(root, rid, slice_attack, slicing),
+                                     title=f"{views.attack_title(slice_attack)} by {slicing}"), width="stretch")
 
 st.subheader("Thresholds an attacker can choose")
 st.caption("Each rule is fixed without the evaluation's membership labels (shadow models, per-class shadow "

@@ -37,7 +37,7 @@ st.subheader("Headline — " + views.run_label(rec, state.run_names().get(run.ru
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("test accuracy", f"{head.test_accuracy:.3f}", help=views.METRIC_HELP["test accuracy"])
 c2.metric("train accuracy", f"{head.train_accuracy:.3f}", help=views.METRIC_HELP["train accuracy"])
-c3.metric(f"best attack AUC ({head.best_attack})", f"{head.auc:.3f}",
+c3.metric(f"highest attack AUC ({head.best_attack}, picked on this evaluation)", f"{head.auc:.3f}",
           help=views.METRIC_HELP["AUC"] + " The best of all attacks on this evaluation: an optimistic (oracle) "
                                           "choice, since it uses the evaluation's membership to pick the attack.")
 c4.metric("its TPR at 1% FPR", f"{head.tpr_at_1pct_fpr:.3f}", help=views.METRIC_HELP["TPR@1%"])

@@ -71,7 +71,7 @@ def test_demo_button_trains_and_shows_headline(app_store):
     shown = {m.label: m.value for m in at.metric}
     assert shown["test accuracy"] == f"{rec.test_accuracy:.3f}"
     head = views.headline(rec)
-    assert shown[f"best attack AUC ({head.best_attack})"] == f"{head.auc:.3f}"
+    assert shown[f"highest attack AUC ({head.best_attack}, picked on this evaluation)"] == f"{head.auc:.3f}"
     assert at.query_params["run"] == runs[0].run_id  # shareable in the URL
 
 

@@ -87,7 +87,7 @@ def test_demo_and_every_page_in_chromium(server):
         page.get_by_text("Headline").first.wait_for(timeout=180_000)
         _settle(page)
         _no_exception(page, "Overview")
-        assert page.get_by_text("best attack AUC").count() >= 1
+        assert page.get_by_text("highest attack AUC").count() >= 1
         for name in PAGES:
             page.get_by_role("link", name=name).first.click()
             _settle(page)

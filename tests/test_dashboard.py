@@ -149,6 +149,11 @@ def test_attacks_page_shows_every_attack_and_says_which_tpr_levels_are_unresolve
     assert len(note) == 1 and "TPR@0.1% needs at least 1,000" in note[0] and "TPR@1% needs at least 100" in note[0]
     assert "TPR@10%" not in note[0]
     assert views.resolution_note(1000) is None
+    sliced = [f for f in _figures(at) if " by class" in f["layout"]["title"]["text"]]
+    assert len(sliced) == 1 and sliced[0]["data"][0]["type"] == "bar"
+    at.radio(key="slice_by").set_value("distance decile").run()
+    assert not at.exception
+    assert len([f for f in _figures(at) if " by distance decile" in f["layout"]["title"]["text"]]) == 1
     thr = [f for f in _figures(at) if "scores" in f["layout"]["title"]["text"]][0]
     ys = [a["y"] for a in thr["layout"]["annotations"]]
     assert len(ys) == len(set(ys)) == 3  # the three threshold labels sit on separate lines
