@@ -211,6 +211,21 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_one_run(a: argparse.Namespace) -> int:
+    from .one_run import one_run_audit
+
+    cfg = config_from_args(a)
+    r = one_run_audit(cfg, canaries=a.canaries, kind=a.kind, guesses=a.guesses, progress=LineProgress())
+    print(f"{views.describe(cfg)}; {r.canaries} {r.kind} canaries, each included with probability 1/2")
+    print(f"loss attack: {r.correct} of {r.guesses} guesses correct ({r.correct / max(r.guesses, 1):.1%}); test "
+          f"accuracy {r.test_accuracy:.3f}")
+    print(f"one-run audit: epsilon >= {r.epsilon:.2f} at delta {r.delta:g} with {r.confidence:.0%} confidence "
+          "(Steinke, Nasr & Jagielski 2023)")
+    if r.accountant_epsilon is not None:
+        print(f"DP-SGD's accountant: epsilon <= {r.accountant_epsilon:.2f} at delta 1e-05")
+    return 0
+
+
 def cmd_download(a: argparse.Namespace) -> int:
     path = download_dataset(a.dataset, a.data_dir)
     print(f"{a.dataset} is in {path}; use --dataset {a.dataset} --data-dir {path}")
@@ -263,6 +278,17 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--workers", type=int, default=None)
     rp.add_argument("--readme", default=None, help="write the table into this README between its markers")
     rp.set_defaults(func=cmd_reproduce)
+    orun = sub.add_parser("audit-one-run", help="one-run DP audit: train once with canaries, bound epsilon",
+                          description="Steinke, Nasr & Jagielski (NeurIPS 2023): canaries from the reference pool, "
+                                      "each in the training set with probability 1/2, one training run of the "
+                                      "configured model and defense, and the loss attack's guesses turned into a "
+                                      "lower bound on epsilon (delta 1e-5, 95% confidence).")
+    _add_run_args(orun)
+    orun.add_argument("--canaries", type=int, default=500, help="Default: %(default)s")
+    orun.add_argument("--kind", default="mislabelled", choices=["mislabelled", "natural"],
+                      help="canaries with a random wrong label, or as they are. Default: %(default)s")
+    orun.add_argument("--guesses", type=int, default=None, help="guesses made (default: a fifth of the canaries)")
+    orun.set_defaults(func=cmd_one_run)
     dl = sub.add_parser("download", help="fetch mnist, fashion_mnist or cifar10 into a folder (needs internet)")
     dl.add_argument("--dataset", required=True, choices=["mnist", "fashion_mnist", "cifar10"])
     dl.add_argument("--data-dir", required=True)

@@ -76,12 +76,25 @@ class RunResult:
 def _train_stage(cfg: ExperimentConfig, run_dir: Path, ds: Dataset, device, progress) -> None:
     """Train (or load) the model and write config, split, weights and the training record into run_dir."""
     split = make_split(ds, members=cfg.members, nonmembers=cfg.nonmembers, seed=cfg.seed)
+    x = torch.from_numpy(ds.x).to(device)
+    y = torch.from_numpy(ds.y).to(device)
+    model, record = fit_model(cfg, ds, split, x[split.members], y[split.members], device, progress)
+    with atomic_folder(run_dir) as tmp:
+        write_json(tmp / "config.json", cfg.to_dict() | {"train_key": run_dir.name})
+        np.savez(tmp / "split.npz", **split.to_arrays())
+        save_checkpoint(model, tmp / "model.safetensors", metadata={"model": cfg.model, "width": cfg.width})
+        write_json(tmp / "training.json", record.to_json())
+
+
+def fit_model(cfg: ExperimentConfig, ds: Dataset, split: Split, xm: torch.Tensor, ym: torch.Tensor, device,
+              progress=None) -> tuple[torch.nn.Module, TrainingRecord]:
+    """Train `cfg`'s model and defense on (xm, ym) (or load its checkpoint), and measure it on the split. The
+    training set is usually the split's members; a one-run audit adds its canaries to it."""
     seed_everything(cfg.seed)
     weight_decay, dropout = cfg.effective_training()
     model = build_model(cfg.model, ds.input_shape, ds.num_classes, width=cfg.width, dropout=dropout)
     x = torch.from_numpy(ds.x).to(device)
     y = torch.from_numpy(ds.y).to(device)
-    xm, ym = x[split.members], y[split.members]
     model.to(device)
     spec = DEFENSES.get(cfg.defense)
     t0 = time.perf_counter()
@@ -123,11 +136,7 @@ def _train_stage(cfg: ExperimentConfig, run_dir: Path, ds: Dataset, device, prog
         accuracy_history=tuple(history.train_accuracy) if history else (),
         stopped_at=history.stopped_at if history else None,
     )
-    with atomic_folder(run_dir) as tmp:
-        write_json(tmp / "config.json", cfg.to_dict() | {"train_key": run_dir.name})
-        np.savez(tmp / "split.npz", **split.to_arrays())
-        save_checkpoint(model, tmp / "model.safetensors", metadata={"model": cfg.model, "width": cfg.width})
-        write_json(tmp / "training.json", record.to_json())
+    return model, record
 
 
 def _unwrapped_copy(model, cfg, ds, dropout, device):
