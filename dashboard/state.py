@@ -150,6 +150,17 @@ def slice_rows(root: str, run_id: str, attack: str, slicing: str):
     return slice_metrics(open_run(root, run_id).table, attack, slicing, bootstrap_rounds=200)
 
 
+def build_report(root: str, run_id: str, *, with_pdf: bool) -> dict:
+    """The run's audit report as bytes ({"html": ..., "pdf": ... or None}), written in a temporary folder."""
+    import tempfile
+
+    from mia_core.report import write_report
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rep = write_report(open_run(root, run_id), tmp, pdf=with_pdf, family=all_runs())
+        return {"html": rep.html.read_bytes(), "pdf": rep.pdf.read_bytes() if rep.pdf else None}
+
+
 def metric_column_config() -> dict:
     cfg = {k: st.column_config.NumberColumn(k, help=v, format="%.3f") for k, v in views.METRIC_HELP.items()}
     cfg["attack"] = st.column_config.TextColumn("attack", help="; ".join(

@@ -226,6 +226,18 @@ def cmd_one_run(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(a: argparse.Namespace) -> int:
+    from .experiment import list_runs, load_run
+    from .report import write_report
+
+    store = Store.resolve(a.store)
+    run = load_run(a.run, store=store)
+    out = _check_out(a.out or f"report-{run.run_id.replace('/', '-')}")
+    rep = write_report(run, out, pdf=not a.no_pdf, family=list_runs(store))
+    print(f"wrote {rep.html}" + (f" and {rep.pdf}" if rep.pdf else "") + f" in {rep.seconds:.1f} s")
+    return 0
+
+
 def cmd_download(a: argparse.Namespace) -> int:
     path = download_dataset(a.dataset, a.data_dir)
     print(f"{a.dataset} is in {path}; use --dataset {a.dataset} --data-dir {path}")
@@ -289,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="canaries with a random wrong label, or as they are. Default: %(default)s")
     orun.add_argument("--guesses", type=int, default=None, help="guesses made (default: a fifth of the canaries)")
     orun.set_defaults(func=cmd_one_run)
+    rep = sub.add_parser("report", help="write a self-contained audit report of a run (HTML, and PDF via Chromium)")
+    rep.add_argument("run", help="the run id, as `runs` lists it (<train key>/eval-<eval key>)")
+    rep.add_argument("--store", default=None, help=f"store folder (default: ${STORE_ENV} or ./{DEFAULT_FOLDER})")
+    rep.add_argument("--out", default=None, help="folder for report.html / report.pdf (default: report-<run>)")
+    rep.add_argument("--no-pdf", action="store_true", help="HTML only (no Chromium needed)")
+    rep.set_defaults(func=cmd_report)
     dl = sub.add_parser("download", help="fetch mnist, fashion_mnist or cifar10 into a folder (needs internet)")
     dl.add_argument("--dataset", required=True, choices=["mnist", "fashion_mnist", "cifar10"])
     dl.add_argument("--data-dir", required=True)
@@ -305,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except MemoryError:
         print("error: out of memory: the data or the model is too large for this machine.", file=sys.stderr)
+        return 2
+    except RuntimeError as err:  # e.g. no Chromium for a PDF
+        print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # a full disk, a read-only folder, an unreadable file
         where = f" ({err.filename})" if err.filename else ""

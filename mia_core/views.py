@@ -93,7 +93,7 @@ def metrics_table(record: RunRecord) -> pd.DataFrame:
     rows = []
     for a, m in record.attacks.items():
         row = {"attack": attack_title(a), "id": a, "AUC": m.auc,
-               "AUC 95% CI": f"[{m.auc_ci[0]:.3f}, {m.auc_ci[1]:.3f}]" if m.defined else "-"}
+               "AUC 95% CI": f"[{m.auc_ci[0]:.3f}, {m.auc_ci[1]:.3f}]" if not math.isnan(m.auc_ci[0]) else "-"}
         row.update({fpr_label(f): m.tpr_at_fpr[f] for f in mt.FPR_LEVELS})
         row.update({"advantage": m.max_advantage, "oracle accuracy": m.oracle_accuracy,
                     "ε lower bound": record.epsilon_bounds.get(a, float("nan"))})

@@ -4,6 +4,7 @@ import streamlit as st
 
 from dashboard import state
 from mia_core import figures, views
+from mia_core.report import chromium as report_pdf_available
 
 st.title("Export")
 run = state.require_run()
@@ -15,6 +16,25 @@ st.download_button("Per-sample table (CSV)", run.frame().to_csv(index=False), f"
                    key="dl_csv")
 st.download_button("Summary (JSON)", json.dumps(run.record.to_json(), indent=2), f"summary-{rid}.json",
                    "application/json", key="dl_json")
+
+st.subheader("Audit report")
+st.caption("Setup, accuracy, every attack's table and log-log ROC, distances, where it leaks, epsilon bounds, the "
+           "most exposed records, defenses compared and software versions, in one page that opens offline.")
+if st.button("Build the report", key="report_build"):
+    try:
+        with st.spinner("Writing the report…"):
+            built = state.build_report(str(run.store.root), run.run_id, with_pdf=report_pdf_available())
+        st.session_state["report"] = (run.run_id, built)
+    except (RuntimeError, OSError, ValueError) as err:
+        state.show_error(err)
+if st.session_state.get("report", (None,))[0] == run.run_id:
+    built = st.session_state["report"][1]
+    r1, r2 = st.columns(2)
+    r1.download_button("Report (HTML)", built["html"], f"report-{rid}.html", "text/html", key="dl_report_html")
+    if built.get("pdf"):
+        r2.download_button("Report (PDF)", built["pdf"], f"report-{rid}.pdf", "application/pdf", key="dl_report_pdf")
+    else:
+        r2.caption("No Chromium on this server: HTML only.")
 
 st.subheader("Figures")
 st.caption("Interactive HTML downloads (plotly embedded: they open offline); every chart also has a camera button "
