@@ -161,6 +161,17 @@ def build_report(root: str, run_id: str, *, with_pdf: bool) -> dict:
         return {"html": rep.html.read_bytes(), "pdf": rep.pdf.read_bytes() if rep.pdf else None}
 
 
+def figure_pngs(figs: dict) -> dict[str, bytes]:
+    """PNG bytes of each figure, drawn by Chromium on the server (mia_core.report.figure_png)."""
+    import tempfile
+    from pathlib import Path
+
+    from mia_core.report import figure_png
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return {name: figure_png(fig, Path(tmp) / f"{name}.png").read_bytes() for name, fig in figs.items()}
+
+
 def metric_column_config() -> dict:
     cfg = {k: st.column_config.NumberColumn(k, help=v, format="%.3f") for k, v in views.METRIC_HELP.items()}
     cfg["attack"] = st.column_config.TextColumn("attack", help="; ".join(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+import plotly.graph_objects as go
 import plotly.offline
 
 from . import __version__, figures, views
@@ -113,6 +114,25 @@ def print_pdf(html_path: Path, pdf_path: Path, *, timeout_s: float = 120) -> Pat
     if not pdf_path.is_file() or pdf_path.read_bytes()[:4] != b"%PDF":
         raise RuntimeError("Chromium did not write the PDF.")
     return pdf_path
+
+
+def figure_png(fig, path: Path, *, width: int = 900, height: int = 520) -> Path:
+    """A static PNG of a plotly figure, drawn by the machine's Chromium (the report's PDF path)."""
+    browser = chromium()
+    if browser is None:
+        raise RuntimeError("No Chromium on this machine for PNG export: install Debian's `chromium`.")
+    with tempfile.TemporaryDirectory() as tmp:
+        page = Path(tmp) / "figure.html"
+        figure = go.Figure(fig).update_layout(width=width, height=height)  # a copy: the caller's is untouched
+        page.write_text(figure.to_html(include_plotlyjs=True, full_html=True, config={"displayModeBar": False}),
+                        encoding="utf-8")
+        subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp}/profile", "--virtual-time-budget=10000",
+                        "--hide-scrollbars", f"--window-size={width + 20},{height + 20}",
+                        f"--screenshot={path.resolve()}", page.resolve().as_uri()],
+                       check=True, capture_output=True, timeout=120)
+    if not path.is_file() or path.read_bytes()[:8] != b"\x89PNG\r\n\x1a\n":
+        raise RuntimeError("Chromium did not write the PNG.")
+    return path
 
 
 @dataclass(frozen=True)

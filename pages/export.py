@@ -51,8 +51,18 @@ figs = {
     "roc_loglog": figures.roc_figure(state.rocs(run, attacks), aucs=aucs, log=True,
                                      title="ROC of every attack (log-log axes: the low-FPR regime)"),
 }
+if report_pdf_available() and st.button("Make PNG files of these figures", key="png_build",
+                                       help="Drawn on the server by Chromium, as the report's PDF is."):
+    try:
+        with st.spinner("Drawing PNG files…"):
+            st.session_state["pngs"] = (run.run_id, state.figure_pngs(figs))
+    except (RuntimeError, OSError) as err:
+        state.show_error(err)
+pngs = st.session_state["pngs"][1] if st.session_state.get("pngs", (None,))[0] == run.run_id else {}
 for name, fig in figs.items():
     c1, c2 = st.columns([4, 1])
     c1.plotly_chart(fig, width="stretch", key=f"fig_{name}")
     c2.download_button("HTML", fig.to_html(include_plotlyjs=True), f"{name}-{rid}.html", "text/html",
                        key=f"dl_{name}")
+    if name in pngs:
+        c2.download_button("PNG", pngs[name], f"{name}-{rid}.png", "image/png", key=f"dl_png_{name}")
