@@ -66,9 +66,6 @@ class Store:
     def eval_dir(self, train_key: str, eval_key: str) -> Path:
         return self.root / train_key / f"eval-{eval_key}"
 
-    def shadows_dir(self, train_key: str, key: str) -> Path:
-        return self.root / train_key / f"shadows-{key}"
-
     @property
     def uploads(self) -> Path:
         return self.root / "uploads"

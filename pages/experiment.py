@@ -101,7 +101,6 @@ else:
     names = state.run_names()
     rows = views.runs_frame(runs)
     rows["name"] = [names.get(r, "") for r in rows["run"]]
-    rows["label"] = [views.run_label(r.record) for r in runs]
     query = st.text_input("filter", key="runs_filter", placeholder="e.g. dp_sgd, mnist5k, cnn, a name",
                           help="Shows the runs whose name or settings contain every word.")
     words = query.lower().split()

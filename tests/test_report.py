@@ -71,14 +71,20 @@ def test_the_cli_writes_a_report(store, tmp_path, capsys):
     assert "not a run id" in capsys.readouterr().err
 
 
-def test_the_export_page_builds_the_report(store, monkeypatch):
+def _export_page_after(button, store, monkeypatch):
+    """The Export page of the store's newest run after pressing `button` (a key)."""
     monkeypatch.setenv("MIA_STORE", str(store))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
     at.query_params["run"] = list_runs(store)[0].run_id
     at.run()
     at.switch_page("pages/export.py").run()
-    at.button(key="report_build").click().run()
+    at.button(key=button).click().run()
     assert not at.exception, at.exception
+    return at
+
+
+def test_the_export_page_builds_the_report(store, monkeypatch):
+    at = _export_page_after("report_build", store, monkeypatch)
     labels = [b.label for b in at.get("download_button")]
     assert "Report (HTML)" in labels
     assert ("Report (PDF)" in labels) == (shutil.which("chromium") is not None)
@@ -86,12 +92,6 @@ def test_the_export_page_builds_the_report(store, monkeypatch):
 
 @pytest.mark.skipif(chromium() is None and not os.environ.get("CI"), reason="Debian's chromium is not installed")
 def test_the_export_page_draws_png_files_through_chromium(store, monkeypatch):
-    monkeypatch.setenv("MIA_STORE", str(store))
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
-    at.query_params["run"] = list_runs(store)[0].run_id
-    at.run()
-    at.switch_page("pages/export.py").run()
-    at.button(key="png_build").click().run()
-    assert not at.exception, at.exception
+    at = _export_page_after("png_build", store, monkeypatch)
     pngs = [b for b in at.get("download_button") if b.label == "PNG"]
     assert len(pngs) == 4
