@@ -24,6 +24,7 @@ from .adversarial import pgd
 from .distances import Perturbation, minimal_perturbation
 from .probabilities import OUTPUT_MASKS, log_probabilities, mask_log_probs, precise_log_softmax  # noqa: F401
 from .registry import Registry
+from .tensors import model_device
 from .verified import verified_confidence_score
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ def adversarial_confidence_score(model: nn.Module, x: torch.Tensor, y: np.ndarra
                                  steps: int = 20, batch_size: int = 512, mask: str = "none") -> np.ndarray:
     """p_y(x') with x' an untargeted L-inf PGD attack on the cross-entropy started at x: 20 steps of size
     2.5 eps / 20, clipped to [0, 1] (Song, Shokri & Mittal, CCS 2019, inference on adversarial inputs)."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     yt = torch.as_tensor(y, device=device)
     out = []
     for i in range(0, len(x), batch_size):

@@ -17,8 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .box import Box, back_in_box, unit_view
 from .models import search_model
 from .tensors import flat_norm as _dist
+from .tensors import model_device
 from .tensors import per_sample as _view
 
 
@@ -82,14 +84,31 @@ def label_only_distance(
     search_steps: int = 12,
     batch_size: int = 256,
     seed: int = 0,
+    bounds: Box | tuple[float, float] | None = None,
 ) -> LabelOnlyResult:
     """Per-sample distance to the boundary from label queries only, within `max_queries` queries a sample.
 
     Relative to the true labels `y`: a sample already misclassified has distance 0 and spends one query.
+    Inputs lie in `bounds` ([0, 1] by default); another box is searched through the model's unit-box view
+    (box.py) with the same queries, and the points are re-verified and the norms measured in the caller's box.
     """
     if norm not in (2.0, math.inf):
         raise ValueError(f"norm must be 2.0 or math.inf, got {norm}.")
-    device = next(model.parameters()).device
+    box = Box.of(bounds)
+    box.check(x)
+    if not box.is_unit:
+        view, u = unit_view(model, x, box)
+        r = label_only_distance(view, u, y, norm=norm, max_queries=max_queries, probes=probes,
+                                search_steps=search_steps, batch_size=batch_size, seed=seed)
+        was_training = model.training
+        model.eval()
+        dev = model_device(model)
+        labels = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y).to(dev)
+        dist, success, x_adv, _ = back_in_box(model, x.to(dev, torch.float32), r.x_adv.to(dev), labels,
+                                              torch.as_tensor(r.norms == 0, device=dev), box, norm, batch_size)
+        model.train(was_training)
+        return LabelOnlyResult(dist.cpu().numpy(), success.cpu().numpy(), x_adv.to(x.device), r.queries)
+    device = model_device(model)
     was_training = model.training
     model.eval()
     gen = torch.Generator(device="cpu").manual_seed(seed)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .registry import Registry
+from .tensors import model_device
 
 
 class Normalize(nn.Module):
@@ -126,7 +127,7 @@ def probability_grid(
     model: nn.Module, *, lo: float = 0.0, hi: float = 1.0, resolution: int = 120
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Softmax of a 2-D model over a square grid: (xs [R], ys [R], probabilities [R, R, K]) for drawing."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     xs = np.linspace(lo, hi, resolution, dtype=np.float32)
     gx, gy = np.meshgrid(xs, xs)
     pts = torch.from_numpy(np.stack([gx.ravel(), gy.ravel()], 1)).to(device)
@@ -141,7 +142,7 @@ def search_model(model: nn.Module, x: torch.Tensor) -> nn.Module:
     copy there (the caller's model is never changed), and the model itself everywhere else. The copy's logits
     differ from the original's by float noise of the order of a change in batch composition (~5e-7 relative,
     measured); searches take their final verdicts from the caller's model all the same."""
-    if x.ndim != 4 or next(model.parameters()).device.type != "cpu" or not any(
+    if x.ndim != 4 or model_device(model).type != "cpu" or not any(
             isinstance(m, nn.Conv2d) for m in model.modules()):
         return model
     try:

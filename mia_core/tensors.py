@@ -70,3 +70,10 @@ def strict_float32() -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's weights live (its first parameter or buffer; the CPU for a model with neither)."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")

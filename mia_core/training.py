@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .tensors import model_device
+
 Progress = Callable[[str, float], None]
 """progress(stage, fraction_done) — the CLI prints it, the app draws a bar."""
 
@@ -55,7 +57,7 @@ def cross_entropy_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
     """Logits for x in eval mode, batched, on the model's device; returned on that device."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     was_training = model.training
     model.eval()
     out = [model(x[i : i + batch_size].to(device)) for i in range(0, len(x), batch_size)]

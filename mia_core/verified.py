@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .tensors import model_device
+
 
 @torch.no_grad()
 def interval_logits(model: nn.Module, x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -45,7 +47,7 @@ def verified_confidence_score(model: nn.Module, x: torch.Tensor, y: np.ndarray, 
     others at their upper bounds). None where the architecture is not supported."""
     from .attacks import precise_log_softmax
 
-    device = next(model.parameters()).device
+    device = model_device(model)
     yt = torch.as_tensor(y, device=device)
     model.eval()
     out = []

@@ -177,3 +177,51 @@ def test_bad_arguments_are_refused(trained_mlp, digits):
         minimal_perturbation(model, x, method="nope")
     with pytest.raises(ValueError, match="labels"):
         minimal_perturbation(model, x, labels=torch.zeros(3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("method", list(SEARCHES))
+@pytest.mark.parametrize("norm", [2.0, math.inf])
+def test_matches_closed_form_in_a_box_other_than_the_unit_box(method, norm):
+    """A user's model on inputs in [-2, 3]: distances are measured in that space and match the closed form."""
+    from mia_core.label_only import label_only_distance
+
+    lo, hi = -2.0, 3.0
+    torch.manual_seed(0)
+    lin = nn.Linear(20, 5)
+    with torch.no_grad():
+        lin.bias.copy_(-0.5 * lin.weight.sum(1))  # boundaries through the box's centre (0.5, ..., 0.5)
+    model = nn.Sequential(nn.Flatten(), lin)
+    gen = torch.Generator().manual_seed(1)
+    x = 0.5 + 5.0 * (0.4 * torch.rand(300, 20, generator=gen) - 0.2)
+    exact = closed_form(model, x, norm)
+    keep = exact < 0.25 * 5.0
+    assert keep.sum() > 100
+    res = minimal_perturbation(model, x[keep], norm=norm, method=method, bounds=(lo, hi))
+    assert res.success.all()
+    np.testing.assert_allclose(res.norms, exact[keep], rtol=0.01)
+    assert res.x_adv.min() >= lo and res.x_adv.max() <= hi
+    with torch.no_grad():
+        assert (model(res.x_adv).argmax(1) != model(x[keep]).argmax(1)).all()
+    true_norm = (res.x_adv - x[keep]).double().flatten(1).norm(p=norm, dim=1).numpy()
+    np.testing.assert_allclose(res.norms, true_norm, rtol=1e-12)
+    if method == "fmn":  # the label-only search in the same box: valid upper bounds of the exact distance
+        y = model(x[keep]).argmax(1)
+        lo_res = label_only_distance(model, x[keep], y, norm=norm, max_queries=400, bounds=(lo, hi))
+        assert lo_res.success.all() and lo_res.x_adv.min() >= lo and lo_res.x_adv.max() <= hi
+        assert (lo_res.norms >= exact[keep] * (1 - 1e-6)).all()
+        with torch.no_grad():
+            assert (model(lo_res.x_adv).argmax(1) != y).all()
+        np.testing.assert_allclose(
+            lo_res.norms, (lo_res.x_adv - x[keep]).double().flatten(1).norm(p=norm, dim=1).numpy(), rtol=1e-12)
+
+
+def test_inputs_outside_the_bounds_are_refused():
+    model = affine_model()
+    x = torch.full((4, 20), 2.0)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        minimal_perturbation(model, x)
+    with pytest.raises(ValueError, match=r"must lie in \[-1, 1\]"):
+        minimal_perturbation(model, x, bounds=(-1, 1))
+    with pytest.raises(ValueError, match="low < high"):
+        minimal_perturbation(model, x, bounds=(3, 1))
+    assert minimal_perturbation(model, x, bounds=(0, 2)).success.all()

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..box import Box, back_in_box, unit_view
 from ..models import search_model
 from ..registry import Registry
-from ..tensors import signed_margin, strict_float32
+from ..tensors import model_device, signed_margin, strict_float32
 from .deepfool import SUPERDEEPFOOL_PROJECTIONS, deepfool, deepfool_search, superdeepfool_search
 from .fmn import fmn, fmn_search
 from .refine import boundary_bisection, push_out, refined, verified
@@ -102,6 +103,7 @@ def minimal_perturbation(
     refine_steps: int = 8,
     precision: str = "tf32",
     progress: Progress | None = None,
+    bounds: Box | tuple[float, float] | None = None,
 ) -> Perturbation:
     """Per-sample minimal L2 / L-inf perturbation that changes the model's prediction.
 
@@ -110,23 +112,39 @@ def minimal_perturbation(
     `batch_size` (memory stays bounded), pulls each found point back to the boundary (`boundary_bisection`)
     and verifies it with the caller's model (`refine.verified`).
     `precision` sets the search arithmetic ('fp32', 'tf32' or 'bf16'; TF32 and bf16 only speed up GPUs);
-    the bisection and the verification always run in strict fp32. Inputs must lie in [0, 1].
+    the bisection and the verification always run in strict fp32.
+    Inputs must lie in `bounds` ((low, high), the same for every coordinate; [0, 1] by default). Other boxes are
+    searched in the unit box through the model's affine view (box.py) and re-verified in the caller's space,
+    where the norms are measured.
     """
     if norm not in (2.0, math.inf):
         raise ValueError(f"norm must be 2.0 or math.inf, got {norm}.")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'.")
     search = SEARCHES.get(method).search
-    if x.numel() and (x.min() < 0 or x.max() > 1):
-        raise ValueError("Inputs must lie in [0, 1]; normalisation belongs inside the model.")
+    box = Box.of(bounds)
+    box.check(x)
     with strict_float32():
-        return _minimal_perturbation(model, x, norm, labels, method, search, steps, batch_size, refine_steps,
-                                     precision, progress)
+        if box.is_unit:
+            return _minimal_perturbation(model, x, norm, labels, method, search, steps, batch_size, refine_steps,
+                                         precision, progress)
+        view, u = unit_view(model, x, box)
+        p = _minimal_perturbation(view, u, norm, labels, method, search, steps, batch_size, refine_steps,
+                                  precision, progress)
+        was_training = model.training
+        model.eval()
+        dev = model_device(model)
+        dist, success, x_adv, adv_pred = back_in_box(
+            model, x.to(dev, torch.float32), p.x_adv.to(dev), torch.as_tensor(p.labels, device=dev),
+            torch.as_tensor(p.norms == 0, device=dev), box, norm, batch_size)
+        model.train(was_training)
+        return Perturbation(dist.cpu().numpy(), success.cpu().numpy(), x_adv.to(x.device), p.labels,
+                            adv_pred.cpu().numpy(), norm, method)
 
 
 def _minimal_perturbation(model, x, norm, labels, method, search, steps, batch_size, refine_steps, precision,
                           progress) -> Perturbation:
-    device = next(model.parameters()).device
+    device = model_device(model)
     was_training = model.training
     model.eval()
     n = x.shape[0]
