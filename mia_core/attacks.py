@@ -161,7 +161,7 @@ def _lira(variant: str) -> Callable[["GroupScoring"], np.ndarray]:
 
 
 def _verified(ctx: "GroupScoring") -> np.ndarray:
-    iv = verified_confidence_score(ctx.model, ctx.x, ctx.y, eps=ctx.config.adv_epsilon)
+    iv = verified_confidence_score(ctx.unit_model, ctx.unit_x, ctx.y, eps=ctx.config.adv_epsilon)
     return np.full(len(ctx.y), np.nan) if iv is None else iv
 
 
@@ -195,7 +195,7 @@ for _spec in (
     AttackSpec("adv_confidence", "Adversarial confidence (I_A)", "adversarial",
                "True-label confidence after a PGD attack of radius epsilon (Song et al. 2019's I_A; "
                "'confidence' is their I_B).",
-               lambda ctx: adversarial_confidence_score(ctx.model, ctx.x, ctx.y, eps=ctx.config.adv_epsilon,
+               lambda ctx: adversarial_confidence_score(ctx.unit_model, ctx.unit_x, ctx.y, eps=ctx.config.adv_epsilon,
                                                         mask=ctx.config.output_mask)),
     AttackSpec("verified_confidence", "Verified confidence (I_V)", "adversarial",
                "True-label probability of the verified worst case in the epsilon-ball, by interval bound "

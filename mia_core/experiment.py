@@ -56,7 +56,7 @@ class RunResult:
     eval_dir: Path
     dataset: Dataset
     split: Split
-    model: torch.nn.Module
+    model: torch.nn.Module | None  # None for an audited Python module (its code is the user's, never stored)
     record: RunRecord
     table: ScoreTable
     reused: bool
@@ -116,7 +116,7 @@ def fit_model(cfg: ExperimentConfig, ds: Dataset, split: Split, xm: torch.Tensor
                              adv_epsilon=cfg.adv_epsilon, adv_norm=cfg.adv_norm)
         objective = make_objective(cfg.defense, cfg.defense_strength, ctx)
         tc = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=weight_decay,
-                         seed=cfg.seed)
+                         seed=cfg.seed, optimizer=cfg.optimizer)
         history = train(model, xm, ym, tc, step_loss=objective.step_loss, epoch_end=objective.epoch_end,
                         progress=progress)
         if objective.finish:
@@ -206,6 +206,11 @@ def load_run(run: str | Path, *, store: Store | str | Path | None = None, device
                              "configuration again to recompute it (`python -m mia_core runs --repair` removes it).")
     record = RunRecord.from_json(read_json(eval_dir / "summary.json"))
     config = record.config
+    if record.is_audit:  # a user's model and data, kept with the run
+        from .user_audit import reopen_audit
+
+        ds, split, model = reopen_audit(eval_dir.parent, pick_device(device))
+        return _assemble(st, config, eval_dir, ds, model, split, True)
     ds = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
     model, split, _ = load_trained(config, eval_dir.parent, ds, pick_device(device))
     return _assemble(st, config, eval_dir, ds, model, split, True)

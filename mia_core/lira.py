@@ -23,6 +23,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
 from .probabilities import precise_log_softmax
+from .training import make_optimizer
 from .store import atomic_folder, config_hash, discard_folder, folder_problem
 
 VARIANTS = ("lira_online", "lira_online_fixed", "lira_offline", "lira_offline_fixed")
@@ -57,13 +58,20 @@ def train_shadow_chunk(
     weight_decay: float,
     seed: int,
     population: torch.Tensor | None = None,
+    optimizer: str = "adam",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Train len(subsets) models at once, model i on x[subsets[i]]; return the precise log-softmax of every
-    x on every model, [models, points, classes], and of every `population` point (never trained on)."""
+    x on every model, [models, points, classes], and of every `population` point (never trained on).
+    An architecture that cannot run stacked under vmap (batch norm's running statistics, data-dependent
+    control flow) is trained model by model with the same subsets and recipe."""
     torch.manual_seed(seed)
     models = [build().to(x.device) for _ in range(len(subsets))]
     for m, sub in zip(models, subsets):
-        m.normalize.fit(x[sub])
+        if hasattr(m, "normalize") and hasattr(m.normalize, "fit"):
+            m.normalize.fit(x[sub])
+    if not _stackable(models[0], x[:2]):
+        return _train_one_by_one(models, x, y, subsets, epochs=epochs, batch_size=batch_size, lr=lr,
+                                 weight_decay=weight_decay, seed=seed, population=population, optimizer=optimizer)
     params, buffers = stack_module_state(models)
     base = copy.deepcopy(models[0]).to("meta")
 
@@ -71,7 +79,7 @@ def train_shadow_chunk(
         return functional_call(base, (p, b), (xb,))
 
     batched = vmap(run, randomness="different")
-    opt = torch.optim.Adam(params.values(), lr=lr, weight_decay=weight_decay)
+    opt = make_optimizer(optimizer, params.values(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     n_models, per_model = subsets.shape
     for _ in range(epochs):
@@ -96,6 +104,36 @@ def train_shadow_chunk(
         return outputs(x), None if population is None or not len(population) else outputs(population)
 
 
+def _stackable(model: nn.Module, xb: torch.Tensor) -> bool:
+    """Whether two copies of the model run (forward and backward) stacked under vmap."""
+    try:
+        params, buffers = stack_module_state([copy.deepcopy(model), copy.deepcopy(model)])
+        base = copy.deepcopy(model).to("meta")
+        out = vmap(lambda p, b, xx: functional_call(base, (p, b), (xx,)), randomness="different")(
+            params, buffers, xb[None].expand(2, *xb.shape))
+        out.sum().backward()
+        return True
+    except Exception:
+        return False
+
+
+def _train_one_by_one(models, x, y, subsets, *, epochs, batch_size, lr, weight_decay, seed, population, optimizer):
+    """The fallback of `train_shadow_chunk`: each model trained on its own subset with the same recipe."""
+    from .training import TrainConfig, train
+
+    logps, pops = [], []
+    for i, (m, sub) in enumerate(zip(models, subsets)):
+        train(m, x[sub], y[sub], TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                                             seed=seed + i, optimizer=optimizer))
+        m.eval()
+        with torch.no_grad():
+            logps.append(torch.cat([precise_log_softmax(m(x[j : j + 2048])) for j in range(0, len(x), 2048)]))
+            if population is not None and len(population):
+                pops.append(torch.cat([precise_log_softmax(m(population[j : j + 2048]))
+                                       for j in range(0, len(population), 2048)]))
+    return torch.stack(logps), torch.stack(pops) if pops else None
+
+
 def shadow_set(
     build: Callable[[], nn.Module],
     x: torch.Tensor,
@@ -111,6 +149,7 @@ def shadow_set(
     chunk: int = 8,
     progress=None,
     population: torch.Tensor | None = None,
+    optimizer: str = "adam",
 ) -> ShadowSet:
     """`n_models` shadows on random halves of (x, y), trained `chunk` at a time, and their outputs on `population`
     (points none of them trained on, for RMIA). With `cache_dir`, each finished chunk is stored atomically and
@@ -131,7 +170,8 @@ def shadow_set(
         if stored is None:
             sub = torch.from_numpy(subsets[c : c + chunk]).to(x.device)
             logp, pop = train_shadow_chunk(build, x, y, sub, epochs=epochs, batch_size=batch_size, lr=lr,
-                                           weight_decay=weight_decay, seed=seed + 7919 * (c + 1), population=population)
+                                           weight_decay=weight_decay, seed=seed + 7919 * (c + 1), population=population,
+                                           optimizer=optimizer)
             logp, pop = logp.cpu().numpy(), np.zeros((len(sub), 0, logp.shape[-1])) if pop is None else pop.cpu().numpy()
             if folder is not None:
                 discard_folder(folder)  # a damaged chunk is replaced

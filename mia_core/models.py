@@ -108,7 +108,13 @@ MODELS.register(ModelSpec("resnet18", _resnet18, "torchvision's ResNet-18 for 32
 def build_model(
     name: str, input_shape: tuple[int, ...], num_classes: int, *, width: int = 256, dropout: float = 0.0
 ) -> Classifier:
-    """A fresh `Classifier` of the named architecture (see MODELS) for inputs of `input_shape`."""
+    """A fresh `Classifier` of the named architecture (see MODELS) for inputs of `input_shape`; a name
+    'factory:package.module:function' builds the body with the user's own factory f(input_shape, num_classes)."""
+    if name.startswith("factory:"):
+        from .user_models import build_from_factory
+
+        body = build_from_factory(name.removeprefix("factory:"), tuple(input_shape), num_classes)
+        return Classifier(Normalize(tuple(input_shape)), body)
     body = MODELS.get(name).build(tuple(input_shape), num_classes, width, dropout)
     return Classifier(Normalize(tuple(input_shape)), body)
 

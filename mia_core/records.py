@@ -132,6 +132,31 @@ class TrainingRecord:
 
 
 @dataclass(frozen=True)
+class AuditInfo:
+    """How a user's own model and data were audited (None in a record for runs the product trained)."""
+
+    model: str  # what the model is, e.g. "ResidualMLP (a Python nn.Module)" or "net.onnx (ONNX)"
+    model_kind: str  # "module", "onnx" or "factory"
+    data: str  # where the data came from
+    bounds: tuple[float, float]  # the input box; every distance is measured in it
+    reference: str  # how the reference pool was chosen
+    retraining: str | None = None  # how reference models of the user's architecture were trained, if they were
+    onnx_max_difference: float | None = None  # converted ONNX model vs ONNX Runtime on the user's inputs
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_safe({**self.__dict__, "bounds": list(self.bounds)})
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "AuditInfo | None":
+        if not d:
+            return None
+        return cls(model=d["model"], model_kind=d["model_kind"], data=d["data"],
+                   bounds=(float(d["bounds"][0]), float(d["bounds"][1])), reference=d["reference"],
+                   retraining=d.get("retraining"),
+                   onnx_max_difference=None if d.get("onnx_max_difference") is None else float(d["onnx_max_difference"]))
+
+
+@dataclass(frozen=True)
 class Timings:
     """Seconds each stage took (a stage reused from the store takes about none)."""
 
@@ -175,6 +200,11 @@ class RunRecord:
     attack_parameters: dict[str, float] = field(default_factory=dict)  # chosen during the run (RMIA's a)
     epsilon_bound: EpsilonBound | None = None  # the measured leakage's lower bound on DP epsilon
     epsilon_bounds: dict[str, float] = field(default_factory=dict)  # each attack's own (same confidence)
+    audit: AuditInfo | None = None  # set when a user's own model was audited
+
+    @property
+    def is_audit(self) -> bool:
+        return self.audit is not None
 
     @property
     def generalization_gap(self) -> float:
@@ -201,6 +231,7 @@ class RunRecord:
             "unavailable": self.unavailable, "attack_parameters": self.attack_parameters,
             "epsilon_bound": None if self.epsilon_bound is None else self.epsilon_bound.__dict__,
             "epsilon_bounds": self.epsilon_bounds,
+            "audit": None if self.audit is None else self.audit.to_dict(),
         })
 
     @classmethod
@@ -221,6 +252,7 @@ class RunRecord:
             attack_parameters={k: _f(v) for k, v in (d.get("attack_parameters") or {}).items()},
             epsilon_bound=None if not d.get("epsilon_bound") else EpsilonBound(**d["epsilon_bound"]),
             epsilon_bounds={k: _f(v) for k, v in (d.get("epsilon_bounds") or {}).items()},
+            audit=AuditInfo.from_dict(d.get("audit")),
         )
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .distances import minimal_perturbation
+from .tensors import model_device
 from .metrics import oracle_threshold, rates_at_threshold
 from .records import ScoreTable, ThresholdReport
 
@@ -44,11 +45,14 @@ def class_thresholds(inside: np.ndarray, outside: np.ndarray, y_in: np.ndarray, 
 
 def noise_percentile_threshold(model: nn.Module, input_shape: tuple[int, ...], *, norm: float = 2.0,
                                n: int = 300, percentile: float = 50.0, seed: int = 0,
-                               method: str = "deepfool") -> float:
-    """The `percentile` of minimal-perturbation norms of `n` uniform random inputs (Li & Zhang 2021)."""
+                               method: str = "deepfool", bounds: tuple[float, float] = (0.0, 1.0)) -> float:
+    """The `percentile` of minimal-perturbation norms of `n` uniform random inputs in the box (Li & Zhang 2021)."""
     gen = torch.Generator().manual_seed(seed)
     noise = torch.rand((n, *input_shape), generator=gen)
-    d = minimal_perturbation(model, noise, norm=norm, method=method).norms
+    if tuple(bounds) != (0.0, 1.0):
+        noise = (bounds[0] + (bounds[1] - bounds[0]) * noise).clamp(bounds[0], bounds[1])
+    noise = noise.to(model_device(model))
+    d = minimal_perturbation(model, noise, norm=norm, method=method, bounds=bounds).norms
     return float(np.percentile(d[np.isfinite(d)], percentile))
 
 
@@ -68,7 +72,8 @@ def report(members: np.ndarray, nonmembers: np.ndarray, threshold: float | np.nd
 
 
 def attacker_thresholds(table: ScoreTable, shadows, shadow_labels: np.ndarray, num_classes: int, model: nn.Module,
-                        input_shape: tuple[int, ...], seed: int) -> dict[str, ThresholdReport]:
+                        input_shape: tuple[int, ...], seed: int, bounds: tuple[float, float] = (0.0, 1.0)
+                        ) -> dict[str, ThresholdReport]:
     """Every attacker-chosen threshold of this module, with the oracle beside them (marked as such)."""
     m_phi, n_phi = table["members"].artifacts["lira_phi"], table["nonmembers"].artifacts["lira_phi"]
     ym, yn = table["members"].label, table["nonmembers"].label
@@ -84,6 +89,6 @@ def attacker_thresholds(table: ScoreTable, shadows, shadow_labels: np.ndarray, n
                                                               oracle=True)
     dm, dn = table.member_nonmember("distance_l2")
     out["distance_l2: noise percentile 50 (Li & Zhang)"] = report(
-        dm, dn, noise_percentile_threshold(model, input_shape, seed=seed))
+        dm, dn, noise_percentile_threshold(model, input_shape, seed=seed, bounds=bounds))
     out["distance_l2: ORACLE (uses true membership)"] = report(dm, dn, oracle_threshold(dm, dn), oracle=True)
     return out

@@ -29,6 +29,16 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     seed: int = 0
+    optimizer: str = "adam"
+
+
+def make_optimizer(name: str, params, *, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """Adam (the default recipe) or SGD with momentum 0.9 (a user's recipe for reference models)."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be adam or sgd, got '{name}'.")
 
 
 @dataclass
@@ -88,7 +98,7 @@ def train(
     stops training by returning True (defenses use both). x and y should already be on the model's device.
     """
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    opt = make_optimizer(config.optimizer, model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     history = TrainHistory()
     n = len(x)
     for epoch in range(config.epochs):

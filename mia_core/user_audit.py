@@ -1,0 +1,257 @@
+"""Audit a user's own model on their own data: `audit(model, members=(x, y), nonmembers=(x, y), ...)`.
+
+The model is any `nn.Module` that maps a batch [N, *input_shape] to logits [N, C] (see `user_models.py` for
+what it must be), or an ONNX file (`audit_onnx`). The data lives in any box (`bounds`); every distance is
+measured in that box. The run goes through the same evaluation pipeline as a trained run, is written to the
+store (the user's data and split beside it, so the dashboard opens it like any other run, shown as "your
+model"), and comes back as the same typed `RunResult`. Attacks that need reference models of the target's
+architecture (LiRA, RMIA, shadow-calibrated thresholds) run when a `model_factory` and a `TrainingRecipe` say
+how to train copies; with fixed weights alone they are marked unavailable with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .config import AUDIT_DATA, AUDIT_MODEL, ConfigError, ExperimentConfig
+from .data import Dataset, DatasetError, Split, read_saved_dataset, save_dataset
+from .evaluation import EvaluationInputs, evaluate
+from .experiment import Progress, RunResult, _assemble
+from .models import pick_device
+from .records import AuditInfo, TrainingRecord
+from .store import Store, atomic_folder, config_hash, discard_folder, folder_problem, read_json, write_json
+from .training import accuracy, save_checkpoint
+from .user_data import MIN_GROUP
+from .user_models import ModelError, OnnxModel, build_from_factory, check_classifier, load_onnx, state_digest
+
+AuditError = (DatasetError, ModelError, ConfigError)
+"""Everything `audit` refuses with a message (nothing is stored then)."""
+
+
+@dataclass(frozen=True)
+class TrainingRecipe:
+    """How to train copies of the user's architecture for the reference-model attacks (LiRA, RMIA)."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+
+    def describe(self) -> str:
+        return (f"{self.epochs} epochs of {self.optimizer} (lr {self.lr:g}, batch {self.batch_size}, weight decay "
+                f"{self.weight_decay:g})")
+
+
+NO_FACTORY = ("needs reference models of the audited architecture: give a model factory and a training recipe "
+              "(model_factory= in the API, --model-factory in the CLI)")
+
+
+def _arrays(group: str, xy, bounds: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        x, y = xy
+    except (TypeError, ValueError):
+        raise DatasetError(f"{group} must be a pair (x, y) of inputs and labels.") from None
+    x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    y = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+    if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
+        raise DatasetError(f"{group}: x must be [N, ...] and y [N]; got x {x.shape} and y {y.shape}.")
+    if len(x) < MIN_GROUP:
+        raise DatasetError(f"{group} has {len(x)} samples; an audit needs at least {MIN_GROUP} in each group.")
+    if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x.astype(np.float64)).all():
+        raise DatasetError(f"{group}: the inputs contain NaN, infinite or non-numeric values.")
+    if not np.issubdtype(y.dtype, np.integer) and not np.all(np.mod(y, 1) == 0):
+        raise DatasetError(f"{group}: labels must be whole numbers 0..C-1; got dtype {y.dtype}.")
+    if y.min() < 0:
+        raise DatasetError(f"{group}: labels must be 0..C-1; the smallest is {y.min()}.")
+    lo, hi = bounds
+    if x.min() < lo or x.max() > hi:
+        raise DatasetError(f"{group}: inputs range over [{x.min():g}, {x.max():g}], outside the bounds "
+                           f"[{lo:g}, {hi:g}]; pass the box your model's inputs live in as bounds=(low, high).")
+    return np.ascontiguousarray(x, dtype=np.float32), y.astype(np.int64)
+
+
+def _row_digests(x: np.ndarray) -> np.ndarray:
+    rows = np.ascontiguousarray(x.reshape(len(x), -1))
+    return np.array([hashlib.blake2b(r.tobytes(), digest_size=12).digest() for r in rows])
+
+
+def audit_dataset(members, nonmembers, reference=None, *, bounds=(0.0, 1.0), name: str = "your data",
+                  reference_share: float = 0.5, seed: int = 0, feature_names: tuple[str, ...] | None = None
+                  ) -> tuple[Dataset, Split, str]:
+    """The user's groups as one dataset and a split; without `reference`, a seeded share of the non-members is
+    the reference pool. Returns (dataset, split, how the reference pool was chosen)."""
+    bounds = (float(bounds[0]), float(bounds[1]))
+    if not bounds[0] < bounds[1]:
+        raise DatasetError(f"bounds must satisfy low < high, got {bounds}.")
+    xm, ym = _arrays("members", members, bounds)
+    xn, yn = _arrays("non-members", nonmembers, bounds)
+    if xm.shape[1:] != xn.shape[1:]:
+        raise DatasetError(f"members have inputs of shape {xm.shape[1:]}, non-members {xn.shape[1:]}.")
+    if reference is not None:
+        xr, yr = _arrays("reference", reference, bounds)
+        if xr.shape[1:] != xm.shape[1:]:
+            raise DatasetError(f"reference inputs have shape {xr.shape[1:]}, members {xm.shape[1:]}.")
+        how = f"the {len(xr)} reference samples the user gave"
+    else:
+        if not 0 < reference_share < 1:
+            raise DatasetError(f"reference_share must be in (0, 1), got {reference_share}.")
+        n_ref = int(len(xn) * reference_share)
+        if len(xn) - n_ref < MIN_GROUP:
+            raise DatasetError(f"{len(xn)} non-members leave fewer than {MIN_GROUP} after a {reference_share:.0%} "
+                               "share for the reference pool; give more non-members or a reference set.")
+        perm = np.random.default_rng(seed + 7).permutation(len(xn))
+        xr, yr, xn, yn = xn[perm[:n_ref]], yn[perm[:n_ref]], xn[perm[n_ref:]], yn[perm[n_ref:]]
+        how = f"a seeded {reference_share:.0%} of the non-members the user gave (seed {seed}): {n_ref} samples"
+    shared = np.intersect1d(_row_digests(xm), _row_digests(np.concatenate([xn, xr])))
+    if len(shared):
+        raise DatasetError(f"{len(shared)} inputs appear both among the members and among the non-members or "
+                           "reference samples; membership must be disjoint.")
+    x = np.concatenate([xm, xn, xr])
+    y = np.concatenate([ym, yn, yr])
+    n_m, n_n = len(xm), len(xn)
+    split = Split(members=np.arange(n_m), nonmembers=np.arange(n_m, n_m + n_n), reference=np.arange(n_m + n_n, len(x)))
+    ds = Dataset(name=name, x=x, y=y, num_classes=int(y.max()) + 1, bounds=bounds, feature_names=feature_names)
+    return ds, split, how
+
+
+def audit(model: nn.Module, members, nonmembers, reference=None, *, bounds=(0.0, 1.0), name: str | None = None,
+          data_name: str = "your data", model_factory: Callable[[], nn.Module] | str | None = None,
+          recipe: TrainingRecipe | None = None, reference_share: float = 0.5, seed: int = 0,
+          config: ExperimentConfig | None = None, store: Store | str | Path | None = None,
+          progress: Progress | None = None, device: str = "auto",
+          feature_names: tuple[str, ...] | None = None) -> RunResult:
+    """Audit a trained `model` (any nn.Module: [N, *shape] -> logits [N, C], eval mode, no side effects,
+    differentiable for the white-box attacks) on its `members` and `nonmembers` ((x, y) pairs, inputs in
+    `bounds`). `reference` (x, y) is the attacker's pool (default: a seeded `reference_share` of the non-members).
+    `model_factory` (a callable returning a fresh model, or 'package.module:function' called with
+    (input_shape, num_classes)) and `recipe` let the reference-model attacks train copies of the architecture.
+    `config` supplies the evaluation settings (search, queries, bootstrap, shadow count). The run is stored and
+    returned as a RunResult; the same call again reuses it."""
+    ds, split, how = audit_dataset(members, nonmembers, reference, bounds=bounds, name=data_name,
+                                   reference_share=reference_share, seed=seed, feature_names=feature_names)
+    name = name or type(model).__name__
+    return audit_prepared(model, ds, split, how, model_label=f"{name} (a Python nn.Module)", model_kind="module",
+                          model_digest=state_digest(model), data_label=f"{data_name} (given in Python)",
+                          model_factory=model_factory, recipe=recipe, seed=seed, config=config, store=store,
+                          progress=progress, device=device, short_name=name)
+
+
+def audit_onnx(source: bytes | str | Path, ds: Dataset, split: Split, reference_how: str, *, data_label: str,
+               file_name: str = "model.onnx", config: ExperimentConfig | None = None,
+               store: Store | str | Path | None = None, progress: Progress | None = None, seed: int = 0,
+               device: str = "auto") -> RunResult:
+    """Audit an ONNX model: converted and checked against ONNX Runtime on the data (`user_models.load_onnx`),
+    then audited like any model; the file is kept with the run so the dashboard can reopen it."""
+    onnx_model = load_onnx(source, ds.x[split.members[:8]], num_classes=ds.num_classes)
+    return audit_prepared(onnx_model.module, ds, split, reference_how, model_label=f"{file_name} (ONNX)",
+                          model_kind="onnx", model_digest=onnx_model.digest, data_label=data_label,
+                          onnx_model=onnx_model, seed=seed, config=config, store=store, progress=progress,
+                          device=device, short_name=Path(file_name).stem)
+
+
+def audit_prepared(model: nn.Module, ds: Dataset, split: Split, reference_how: str, *, model_label: str,
+                   model_kind: str, model_digest: str, data_label: str, short_name: str,
+                   model_factory: Callable[[], nn.Module] | str | None = None, recipe: TrainingRecipe | None = None,
+                   onnx_model: OnnxModel | None = None, seed: int = 0, config: ExperimentConfig | None = None,
+                   store: Store | str | Path | None = None, progress: Progress | None = None,
+                   device: str = "auto") -> RunResult:
+    """The audit itself, once the data, the split and the model are known (the API, the CLI and the app)."""
+    dev = pick_device(device)
+    model = model.to(dev).eval()
+    n_out = check_classifier(model, torch.from_numpy(ds.x[split.members[:8]]).to(dev), ds.num_classes)
+    if n_out > ds.num_classes:
+        ds = Dataset(ds.name, ds.x, ds.y, n_out, ds.bounds, ds.feature_names, ds.feature_low, ds.feature_high,
+                     ds.class_names)
+    recipe = recipe or (TrainingRecipe() if model_factory is not None else None)
+    factory_name = (model_factory if isinstance(model_factory, str)
+                    else getattr(model_factory, "__qualname__", repr(model_factory)) if model_factory else None)
+    base = config or ExperimentConfig()
+    cfg = base.replace(dataset=AUDIT_DATA + ds.name, model=AUDIT_MODEL + short_name, members=len(split.members),
+                       nonmembers=len(split.nonmembers), seed=seed, checkpoint=None, defense="none",
+                       defense_strength=0.0, validation_size=0, device=device,
+                       **({} if recipe is None else {"epochs": recipe.epochs, "batch_size": recipe.batch_size,
+                                                     "lr": recipe.lr, "weight_decay": recipe.weight_decay,
+                                                     "optimizer": recipe.optimizer}))
+    cfg.validate()
+    builder = None
+    if isinstance(model_factory, str):
+        build_from_factory(model_factory, ds.input_shape, n_out)  # refuse a bad factory before any work
+        builder = lambda: build_from_factory(model_factory, ds.input_shape, n_out)  # noqa: E731
+    elif model_factory is not None:
+        if not isinstance(model_factory(), nn.Module):
+            raise ModelError("model_factory() must return a fresh torch.nn.Module.")
+        builder = model_factory
+    info = AuditInfo(model=model_label, model_kind=model_kind, data=data_label, bounds=tuple(ds.bounds),
+                     reference=reference_how,
+                     retraining=None if builder is None else f"copies of {factory_name}, {recipe.describe()}",
+                     onnx_max_difference=None if onnx_model is None else onnx_model.max_abs_difference)
+    st = Store.resolve(store)
+    key = "audit-" + config_hash({
+        "data": ds.fingerprint(), "bounds": list(ds.bounds), "classes": ds.num_classes,
+        "split": hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in split.to_arrays().values())
+                                ).hexdigest(),
+        "model": model_digest, "factory": factory_name, "recipe": None if recipe is None else recipe.__dict__,
+        "seed": seed, "core": __version__})
+    run_dir, eval_dir = st.run_dir(key), st.eval_dir(key, cfg.eval_key())
+    for folder in (run_dir, eval_dir):
+        if folder.is_dir() and folder_problem(folder) is not None:
+            discard_folder(folder)
+    reused = eval_dir.is_dir()
+    if not run_dir.is_dir():
+        _write_audit_stage(run_dir, cfg, info, ds, split, model, dev, onnx_model)
+    training = TrainingRecord.from_json(read_json(run_dir / "training.json"))
+    if not reused:
+        inputs = EvaluationInputs(cfg, ds, split, model, dev, progress=progress, stage_dir=run_dir,
+                                  shadow_builder=builder, shadows_unavailable=None if builder else NO_FACTORY,
+                                  audit=info)
+        evaluate(inputs, training, st, key)
+    if progress:
+        progress("done", 1.0)
+    return _assemble(st, cfg, eval_dir, ds, model, split, reused)
+
+
+def _write_audit_stage(run_dir: Path, cfg: ExperimentConfig, info: AuditInfo, ds: Dataset, split: Split,
+                       model: nn.Module, dev, onnx_model: OnnxModel | None) -> None:
+    """The audit's first stage: its config, the user's data and split, the model (ONNX bytes, or the module's
+    weights for the record) and the model's accuracies, written atomically."""
+    t0 = time.perf_counter()
+    x, y = torch.from_numpy(ds.x).to(dev), torch.from_numpy(ds.y).to(dev)
+    record = TrainingRecord(
+        train_accuracy=accuracy(model, x[split.members], y[split.members]),
+        test_accuracy=accuracy(model, x[split.nonmembers], y[split.nonmembers]),
+        reference_accuracy=accuracy(model, x[split.reference], y[split.reference]) if len(split.reference) else
+        float("nan"), train_seconds=0.0, device=str(dev))
+    with atomic_folder(run_dir) as tmp:
+        write_json(tmp / "config.json", cfg.to_dict() | {"train_key": run_dir.name, "audit": info.to_dict()})
+        np.savez(tmp / "split.npz", **split.to_arrays())
+        save_dataset(ds, tmp / "data.npz")
+        if onnx_model is not None:
+            (tmp / "model.onnx").write_bytes(onnx_model.data)
+        else:
+            try:
+                save_checkpoint(model, tmp / "model.safetensors", metadata={"model": cfg.model})
+            except Exception:  # weights that safetensors cannot hold (shared storage) are not needed to reopen
+                pass
+        write_json(tmp / "training.json", record.to_json() | {"audit_seconds": time.perf_counter() - t0})
+
+
+def reopen_audit(run_dir: Path, device) -> tuple[Dataset, Split, nn.Module | None]:
+    """The data, the split and (for ONNX) the model of a stored audit; a Python module is not rebuilt (its code
+    is the user's), so it comes back as None."""
+    ds = read_saved_dataset(run_dir / "data.npz")
+    with np.load(run_dir / "split.npz", allow_pickle=False) as z:
+        split = Split(members=z["members"], nonmembers=z["nonmembers"], reference=z["reference"])
+    model = None
+    if (run_dir / "model.onnx").is_file():
+        model = load_onnx(run_dir / "model.onnx", ds.x[split.members[:8]]).module.to(device).eval()
+    return ds, split, model

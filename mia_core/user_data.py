@@ -1,0 +1,245 @@
+"""A user's own data and who was in training: tables (CSV, Parquet), image folders, membership.
+
+Tables: one label column; numeric columns min-max scaled to [0, 1] (each column's range is kept with the
+dataset, so changes can be shown in the file's own units); text columns one-hot encoded. Image folders follow
+torchvision's `ImageFolder` layout (one sub-folder per class). Membership comes from a column of the table
+(1 / true / yes / member) or from a file of member ids (a table's id column or row numbers, an image's path
+relative to the folder). Everything else is a non-member candidate; the reference pool is the rest of what the
+user names, or a seeded share of the non-members (`membership_split`).
+Every problem raises DatasetError with a message that says what is wrong and where.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .data import Dataset, DatasetError, Split
+
+MAX_CATEGORIES = 50
+"""A text column with more distinct values than this is refused (an id or free text, not a category)."""
+
+TRUE_WORDS = {"1", "true", "yes", "y", "member", "in", "train"}
+FALSE_WORDS = {"0", "false", "no", "n", "nonmember", "non-member", "out", "test", ""}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True, eq=False)
+class UserData:
+    """A user's dataset, each row's id (as text) and, when the data says so, who was in training."""
+
+    dataset: Dataset
+    ids: np.ndarray  # [N] str
+    members: np.ndarray | None  # [N] bool, or None when membership comes from elsewhere
+    source: str  # what was read, for the run's record
+
+
+def read_table(path: str | Path, *, label_column: str, membership_column: str | None = None,
+               id_column: str | None = None, drop_columns: tuple[str, ...] = ()) -> UserData:
+    """A CSV or Parquet table as a dataset: `label_column` the class, `membership_column` (optional) who was in
+    training, `id_column` (optional) each row's id, every other column a feature."""
+    path = Path(path)
+    frame = _read_frame(path)
+    columns = [str(c) for c in frame.columns]
+    frame.columns = columns
+    for what, col in (("label", label_column), ("membership", membership_column), ("id", id_column),
+                      *(("drop", c) for c in drop_columns)):
+        if col is not None and col not in columns:
+            raise DatasetError(f"{path.name} has no {what} column '{col}'; its columns are {', '.join(columns)}.")
+    if len(frame) < 4:
+        raise DatasetError(f"{path.name} has {len(frame)} rows; an audit needs at least 4.")
+    labels, class_names = _labels(frame[label_column], path.name, label_column)
+    members = _membership(frame[membership_column], path.name, membership_column) if membership_column else None
+    ids = (frame[id_column].astype(str).to_numpy() if id_column
+           else np.array([str(i) for i in range(len(frame))]))
+    if id_column and len(set(ids)) != len(ids):
+        raise DatasetError(f"{path.name}: the id column '{id_column}' has repeated values; ids must be unique.")
+    features = [c for c in columns if c not in {label_column, membership_column, id_column, *drop_columns}]
+    if not features:
+        raise DatasetError(f"{path.name} has no feature columns besides the label.")
+    x, names, low, high = _encode_features(frame[features], path.name)
+    ds = Dataset(name=path.stem, x=x, y=labels, num_classes=len(class_names), feature_names=names,
+                 feature_low=low, feature_high=high, class_names=class_names)
+    return UserData(ds, ids, members, f"table {path.name} ({len(frame)} rows, {len(features)} columns -> "
+                                      f"{x.shape[1]} features)")
+
+
+def _read_frame(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise DatasetError(f"No such file: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        if suffix in (".csv", ".txt", ".tsv"):
+            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+    except Exception as err:  # parser errors, truncated or binary files
+        raise DatasetError(f"{path.name} is not a readable {suffix[1:]} table ({type(err).__name__}: "
+                           f"{str(err)[:200]}).") from None
+    raise DatasetError(f"{path.name}: tables must be .csv, .tsv or .parquet files.")
+
+
+def _labels(col: pd.Series, file: str, name: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Integer labels 0..C-1: integer columns as they are (class names '0'..'C-1'), text columns by sorted value."""
+    if col.isna().any():
+        raise DatasetError(f"{file}: the label column '{name}' is empty in {int(col.isna().sum())} rows.")
+    if pd.api.types.is_numeric_dtype(col):
+        v = col.to_numpy()
+        if not np.all(np.mod(v, 1) == 0) or v.min() < 0:
+            raise DatasetError(f"{file}: numeric labels in '{name}' must be whole numbers 0..C-1; got values such "
+                               f"as {v[(np.mod(v, 1) != 0) | (v < 0)][0]!r}.")
+        y = v.astype(np.int64)
+        if y.max() >= 10_000:
+            raise DatasetError(f"{file}: labels in '{name}' must be 0..C-1 with at most 10,000 classes; the largest "
+                               f"is {int(y.max()):,}.")
+        names = tuple(str(i) for i in range(int(y.max()) + 1))
+    else:
+        values = col.astype(str)
+        names = tuple(sorted(values.unique()))
+        y = values.map({c: i for i, c in enumerate(names)}).to_numpy().astype(np.int64)
+    if len(np.unique(y)) < 2:
+        raise DatasetError(f"{file}: every label in '{name}' is {names[int(y[0])]!r}; a classifier needs 2 classes.")
+    return y, names
+
+
+def _membership(col: pd.Series, file: str, name: str) -> np.ndarray:
+    words = col.astype(str).str.strip().str.lower()
+    bad = ~words.isin(TRUE_WORDS | FALSE_WORDS) | col.isna()
+    if bad.any():
+        raise DatasetError(f"{file}: the membership column '{name}' must hold 1/0, true/false or yes/no; row "
+                           f"{int(np.flatnonzero(bad.to_numpy())[0])} has {col[bad].iloc[0]!r}.")
+    return words.isin(TRUE_WORDS).to_numpy()
+
+
+def _encode_features(frame: pd.DataFrame, file: str):
+    """Numeric columns min-max scaled, text columns one-hot: (x [N, D] float32, names, low, high)."""
+    blocks, names, low, high = [], [], [], []
+    for c in frame.columns:
+        col = frame[c]
+        if pd.api.types.is_bool_dtype(col):
+            col = col.astype(np.float64)
+        if pd.api.types.is_numeric_dtype(col):
+            v = col.to_numpy(dtype=np.float64)
+            if not np.isfinite(v).all():
+                rows = np.flatnonzero(~np.isfinite(v))
+                raise DatasetError(f"{file}: column '{c}' has {len(rows)} missing, NaN or infinite values (first "
+                                   f"in row {int(rows[0])}); fill or drop them first.")
+            lo, hi = float(v.min()), float(v.max())
+            blocks.append(((v - lo) / (hi - lo if hi > lo else 1.0))[:, None])
+            names.append(c), low.append(lo), high.append(hi if hi > lo else lo + 1.0)
+            continue
+        text = col.astype(str)
+        numeric = pd.to_numeric(col, errors="coerce")
+        if numeric.notna().mean() >= 0.9:  # a numeric column with a few stray values
+            row = int(np.flatnonzero(numeric.isna().to_numpy())[0])
+            raise DatasetError(f"{file}: column '{c}' is numeric but row {row} holds {col.iloc[row]!r}; fix or "
+                               "drop those values first.")
+        if col.isna().any():
+            raise DatasetError(f"{file}: text column '{c}' is empty in {int(col.isna().sum())} rows.")
+        cats = sorted(text.unique())
+        if len(cats) > MAX_CATEGORIES:
+            raise DatasetError(f"{file}: text column '{c}' has {len(cats)} distinct values (more than "
+                               f"{MAX_CATEGORIES}); it looks like an id or free text: name it as the id column or "
+                               "drop it.")
+        blocks.append((text.to_numpy()[:, None] == np.array(cats)[None, :]).astype(np.float64))
+        names.extend(f"{c}={v}" for v in cats)
+        low.extend([0.0] * len(cats)), high.extend([1.0] * len(cats))
+    x = np.ascontiguousarray(np.concatenate(blocks, axis=1), dtype=np.float32)
+    return x, tuple(names), np.array(low), np.array(high)
+
+
+def read_image_folder(path: str | Path) -> UserData:
+    """Images in torchvision's ImageFolder layout (root/<class>/<image>), all of one size, as [N, C, H, W] in
+    [0, 1] (grey when every image is grey, else RGB). Ids are the paths relative to the root."""
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.datasets import ImageFolder
+
+    root = Path(path)
+    if not root.is_dir():
+        raise DatasetError(f"No such folder: {root}")
+    try:
+        folder = ImageFolder(str(root), loader=lambda p: p, is_valid_file=lambda p: p.lower().endswith(IMAGE_SUFFIXES))
+    except (FileNotFoundError, RuntimeError) as err:
+        raise DatasetError(f"{root} holds no images in the ImageFolder layout (one sub-folder per class with "
+                           f".png / .jpg files inside): {err}") from None
+    if len(folder.classes) < 2:
+        raise DatasetError(f"{root} has one class folder ({folder.classes[0]}); a classifier needs at least 2.")
+    pictures, sizes = [], {}
+    for file, _ in folder.samples:
+        try:
+            with Image.open(file) as im:
+                im.load()
+                pictures.append(im.copy())
+        except (UnidentifiedImageError, OSError) as err:
+            raise DatasetError(f"{Path(file).relative_to(root)} is not a readable image ({err}).") from None
+        sizes.setdefault(pictures[-1].size, Path(file).relative_to(root))
+    if len(sizes) > 1:
+        (s1, f1), (s2, f2) = list(sizes.items())[:2]
+        raise DatasetError(f"{root}: images have different sizes ({f1} is {s1[0]}x{s1[1]}, {f2} is {s2[0]}x{s2[1]}); "
+                           "resize them to one size first.")
+    grey = all(p.mode in ("L", "1", "I;16", "I") for p in pictures)
+    arrays = [np.asarray(p.convert("L" if grey else "RGB"), dtype=np.float32) / 255.0 for p in pictures]
+    x = np.stack(arrays)[:, None] if grey else np.stack(arrays).transpose(0, 3, 1, 2)
+    y = np.array([t for _, t in folder.samples], dtype=np.int64)
+    ids = np.array([str(Path(f).relative_to(root)) for f, _ in folder.samples])
+    ds = Dataset(name=root.name, x=np.ascontiguousarray(x), y=y, num_classes=len(folder.classes),
+                 class_names=tuple(folder.classes))
+    return UserData(ds, ids, None, f"image folder {root.name} ({len(y)} images of {x.shape[1]}x{x.shape[2]}x"
+                                   f"{x.shape[3]}, {len(folder.classes)} classes)")
+
+
+def read_member_ids(path: str | Path) -> list[str]:
+    """Member ids, one per line (a CSV's first column; a header line that matches no id is skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"No such file: {path}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (UnicodeDecodeError, OSError) as err:
+        raise DatasetError(f"{path.name} is not a text file of member ids ({err}).") from None
+    return [ln.split(",")[0].strip() for ln in lines if ln.strip()]
+
+
+def members_from_ids(data: UserData, member_ids: list[str]) -> np.ndarray:
+    """[N] bool: the rows whose id is in member_ids. Unknown ids are an error (a header line is forgiven)."""
+    known = set(data.ids.tolist())
+    unknown = [i for i in member_ids if i not in known]
+    if unknown and unknown[0] == member_ids[0]:
+        unknown = unknown[1:]  # a header line
+    if unknown:
+        raise DatasetError(f"{len(unknown)} member ids are not in the data (e.g. {unknown[0]!r}); ids are "
+                           f"{'row numbers 0..' + str(len(data.ids) - 1) if data.ids[0] == '0' else 'the id column'}.")
+    return np.isin(data.ids, np.array(member_ids))
+
+
+MIN_GROUP = 10
+
+
+def membership_split(members: np.ndarray, *, reference: np.ndarray | None = None, reference_share: float = 0.5,
+                     seed: int = 0) -> tuple[Split, str]:
+    """Members as given; non-members are the rest, except the reference pool: the rows `reference` names, else a
+    seeded `reference_share` of the non-members. Returns the split and a sentence that says how it was made."""
+    members = np.asarray(members, dtype=bool)
+    rest = np.flatnonzero(~members)
+    if reference is not None:
+        reference = np.asarray(reference, dtype=bool)
+        if (reference & members).any():
+            raise DatasetError(f"{int((reference & members).sum())} rows are both members and reference samples.")
+        ref, non = np.flatnonzero(reference), np.flatnonzero(~members & ~reference)
+        how = f"the {len(ref)} reference rows the user named"
+    else:
+        if not 0 <= reference_share < 1:
+            raise DatasetError(f"reference_share must be in [0, 1), got {reference_share}.")
+        n_ref = int(math.floor(len(rest) * reference_share))
+        pick = np.random.default_rng(seed + 7).permutation(rest)
+        ref, non = np.sort(pick[:n_ref]), np.sort(pick[n_ref:])
+        how = f"a seeded {reference_share:.0%} of the non-members (seed {seed}): {len(ref)} rows"
+    split = Split(members=np.flatnonzero(members), nonmembers=non, reference=ref)
+    for name, idx in (("members", split.members), ("non-members", split.nonmembers)):
+        if len(idx) < MIN_GROUP:
+            raise DatasetError(f"Only {len(idx)} {name}; an audit needs at least {MIN_GROUP} in each group.")
+    return split, how

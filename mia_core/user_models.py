@@ -1,0 +1,180 @@
+"""A user's own model: a Python factory they name, any nn.Module, or an ONNX file, checked before an audit.
+
+What an audited model must be: an `nn.Module` that maps a batch of inputs [N, *input_shape] to logits [N, C]
+(C at least the number of classes), in eval mode, without side effects between calls (no state that changes
+with each forward), and differentiable in its inputs for the white-box searches (the label-only attacks only
+query labels). ONNX files are parsed as protocol buffers (never unpickled), converted to a differentiable torch
+module with onnx2torch, and accepted only when the converted module agrees with ONNX Runtime on the user's own
+inputs. A factory string is trusted local code that the user names themselves; nothing a browser uploads is ever
+imported or unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class ModelError(ValueError):
+    """A user's model cannot be audited; the message says why and what to do."""
+
+
+def import_factory(spec: str) -> Callable[..., nn.Module]:
+    """The function named by 'package.module:function' (trusted code the user names themselves)."""
+    module_name, sep, attr = str(spec).partition(":")
+    if not sep or not module_name or not attr:
+        raise ModelError(f"A model factory is named 'package.module:function', got '{spec}'.")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # ImportError, or an error raised while the module runs
+        raise ModelError(f"Cannot import '{module_name}' for the model factory ({type(err).__name__}: {err}); is "
+                         "its folder on PYTHONPATH?") from None
+    fn = getattr(module, attr, None)
+    if fn is None or not callable(fn):
+        raise ModelError(f"'{module_name}' has no function '{attr}' (the factory '{spec}').")
+    return fn
+
+
+def build_from_factory(spec: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """factory(input_shape, num_classes), checked to be an nn.Module."""
+    fn = import_factory(spec)
+    try:
+        model = fn(tuple(input_shape), int(num_classes))
+    except Exception as err:
+        raise ModelError(f"The factory '{spec}' failed for input shape {tuple(input_shape)} and {num_classes} "
+                         f"classes ({type(err).__name__}: {err}); it is called as f(input_shape, num_classes).") from None
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"The factory '{spec}' returned a {type(model).__name__}, not a torch.nn.Module.")
+    return model
+
+
+@torch.no_grad()
+def check_classifier(model: nn.Module, x: torch.Tensor, num_classes: int) -> int:
+    """Run the model on a few inputs and check it is a classifier for them: output [N, C] with C >= num_classes,
+    finite. Returns C. Raises ModelError naming what is wrong."""
+    n = min(len(x), 8)
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(x[:n])
+    except Exception as err:
+        raise ModelError(f"The model failed on a batch of shape {tuple(x[:n].shape)} ({type(err).__name__}: "
+                         f"{str(err)[:300]}); does it take inputs of this shape?") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        raise ModelError(f"The model returned a {type(out).__name__}; it must return a tensor of logits [N, C].")
+    if out.ndim != 2 or out.shape[0] != n:
+        raise ModelError(f"The model's output for a batch of {n} has shape {tuple(out.shape)}; it must be "
+                         f"[{n}, C] logits.")
+    if out.shape[1] < num_classes:
+        raise ModelError(f"The model has {out.shape[1]} outputs but the labels go up to {num_classes - 1} "
+                         f"({num_classes} classes).")
+    if not torch.isfinite(out).all():
+        raise ModelError("The model's outputs contain NaN or infinite values on the data.")
+    return int(out.shape[1])
+
+
+def max_upload_bytes() -> int:
+    """The largest model file accepted (MIA_MAX_UPLOAD_MB, 200 MB by default)."""
+    return int(float(os.environ.get("MIA_MAX_UPLOAD_MB", "200")) * 2**20)
+
+
+@dataclass(frozen=True)
+class OnnxModel:
+    """An ONNX file converted to torch, with how closely it agrees with ONNX Runtime."""
+
+    module: nn.Module
+    digest: str  # sha256 of the file's bytes
+    data: bytes
+    max_abs_difference: float
+    operators: tuple[str, ...]
+
+
+def onnx_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_onnx(source: bytes | str | Path, sample: np.ndarray, *, num_classes: int | None = None,
+              atol: float = 1e-4, rtol: float = 1e-3) -> OnnxModel:
+    """Parse an ONNX model (no pickle, no external data files), convert it with onnx2torch, and check the
+    converted module against ONNX Runtime on `sample` (a few of the user's inputs): a difference above
+    atol + rtol * |runtime output| is refused with the numbers."""
+    import onnx
+    import onnxruntime
+    from onnx2torch import convert
+
+    data = Path(source).read_bytes() if isinstance(source, (str, Path)) else bytes(source)
+    limit = max_upload_bytes()
+    if len(data) > limit:
+        raise ModelError(f"The model file is {len(data) / 2**20:.1f} MB; the limit is {limit / 2**20:.0f} MB "
+                         "(MIA_MAX_UPLOAD_MB).")
+    try:
+        proto = onnx.load_model_from_string(data)
+    except Exception as err:
+        raise ModelError(f"This is not an ONNX model ({type(err).__name__}).") from None
+    if not len(proto.graph.node):
+        raise ModelError("This is not an ONNX model (its graph is empty).")
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        raise ModelError("The ONNX model keeps its weights in external files; export it as one self-contained file "
+                         "(weights under 2 GB).")
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as err:
+        raise ModelError(f"The ONNX model is not valid: {str(err)[:300]}") from None
+    initializers = {t.name for t in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise ModelError(f"The ONNX model takes {len(inputs)} inputs; a classifier takes one batch of inputs.")
+    operators = tuple(sorted({n.op_type for n in proto.graph.node}))
+    try:
+        module = convert(proto)
+    except NotImplementedError as err:
+        raise ModelError(f"The ONNX model uses an operator the converter (onnx2torch) does not support: "
+                         f"{str(err)[:300]}. Operators in the model: {', '.join(operators)}.") from None
+    except Exception as err:
+        raise ModelError(f"The ONNX model could not be converted to torch ({type(err).__name__}: "
+                         f"{str(err)[:300]}).") from None
+    module.eval()
+    sample = np.ascontiguousarray(sample[: min(len(sample), 8)], dtype=np.float32)
+    try:
+        session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+        expected = session.run(None, {inputs[0].name: sample})[0]
+    except Exception as err:
+        dims = [d.dim_value or d.dim_param or "?" for d in inputs[0].type.tensor_type.shape.dim]
+        raise ModelError(f"ONNX Runtime cannot run the model on inputs of shape {list(sample.shape)} (the model "
+                         f"declares {dims}): {str(err)[:200]}") from None
+    if num_classes is not None:
+        check_classifier(module, torch.from_numpy(sample), num_classes)
+    with torch.no_grad():
+        got = module(torch.from_numpy(sample)).numpy()
+    if got.shape != expected.shape:
+        raise ModelError(f"The converted model's output has shape {got.shape}, ONNX Runtime's {expected.shape}.")
+    diff = np.abs(got.astype(np.float64) - expected)
+    allowed = atol + rtol * np.abs(expected)
+    if not (diff <= allowed).all():
+        raise ModelError(f"The converted model disagrees with ONNX Runtime: largest difference "
+                         f"{float(diff.max()):.3g} on outputs of size up to {float(np.abs(expected).max()):.3g} "
+                         f"(allowed {atol:g} + {rtol:g} x |output|); it is refused rather than audited wrongly.")
+    return OnnxModel(module, onnx_digest(data), data, float(diff.max()), operators)
+
+
+def state_digest(model: nn.Module) -> str:
+    """sha256 of a module's parameters and buffers (names, shapes and values): identifies a user's weights."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        buf = io.BytesIO()
+        np.save(buf, t.detach().cpu().float().numpy() if t.is_floating_point() else t.detach().cpu().numpy())
+        h.update(buf.getvalue())
+    return h.hexdigest()

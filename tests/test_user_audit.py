@@ -1,0 +1,152 @@
+"""Auditing a user's own model on their own data: the notebook API, tables, image folders, ONNX, bad input."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import mia_core
+from mia_core import TrainingRecipe
+from mia_core.config import ConfigError, ExperimentConfig
+from mia_core.data import DatasetError, load_dataset
+from mia_core.experiment import list_runs, load_run
+from mia_core.user_models import ModelError
+
+
+FAST = ExperimentConfig(bootstrap_rounds=20, label_only_queries=200, reference_scored=100, lira_shadows=4)
+
+
+class ResidualMLP(nn.Module):
+    """An architecture the project does not know: inputs in [-2, 2], one residual block."""
+
+    def __init__(self, d: int = 64, k: int = 10, width: int = 96):
+        super().__init__()
+        self.inp, self.out = nn.Linear(d, width), nn.Linear(width, k)
+        self.block = nn.Sequential(nn.ReLU(), nn.Linear(width, width))
+
+    def forward(self, x):
+        h = self.inp(x.flatten(1) / 2)
+        return self.out(torch.relu(h + self.block(h)))
+
+
+def residual_mlp_factory(input_shape, num_classes):
+    return ResidualMLP(int(np.prod(input_shape)), num_classes)
+
+
+@pytest.fixture(scope="module")
+def user_setup():
+    """digits rescaled to [-2, 2], 150 members, a residual MLP overfitted on them."""
+    ds = load_dataset("digits")
+    x = ds.x.reshape(len(ds.x), -1) * 4 - 2
+    perm = np.random.default_rng(0).permutation(len(x))
+    m, n = perm[:150], perm[150:450]
+    torch.manual_seed(0)
+    net = ResidualMLP()
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    xm, ym = torch.from_numpy(x[m]), torch.from_numpy(ds.y[m])
+    for _ in range(150):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(xm), ym).backward()
+        opt.step()
+    return net.eval(), (x[m], ds.y[m]), (x[n], ds.y[n])
+
+
+def test_a_user_architecture_is_audited_in_its_own_box(user_setup, store):
+    net, members, nonmembers = user_setup
+    run = mia_core.audit(net, members, nonmembers, bounds=(-2, 2), name="ResidualMLP", config=FAST, store=store)
+    rec = run.record
+    assert rec.is_audit and rec.audit.bounds == (-2.0, 2.0) and rec.audit.model_kind == "module"
+    assert "seeded 50%" in rec.audit.reference and rec.n_members == 150 and rec.n_nonmembers == 150
+    assert rec.train_accuracy == 1.0 and rec.test_accuracy < 1.0
+    assert rec.attacks["distance_l2"].auc > 0.55 and rec.attacks["loss"].auc > 0.55
+    # the distances are valid in the user's box: they flip, stay in [-2, 2], and carry their true norm
+    g = run.table["members"]
+    x = torch.from_numpy(run.dataset.x[g.index])
+    x_adv = torch.from_numpy(g.artifacts["x_adv_distance_l2"])
+    ok = np.isfinite(g.scores["distance_l2"]) & (g.scores["distance_l2"] > 0)
+    assert ok.mean() > 0.9
+    assert x_adv.min() >= -2 and x_adv.max() <= 2
+    with torch.no_grad():
+        assert (net(x_adv[ok]).argmax(1).numpy() != g.label[ok]).all()
+    np.testing.assert_allclose(g.scores["distance_l2"][ok], (x_adv - x)[ok].double().norm(dim=1).numpy(), rtol=1e-12)
+    # no factory: the reference-model attacks are unavailable, with the reason, never dropped
+    for a in ("lira_online", "rmia_offline"):
+        assert a in rec.attacks and not rec.attacks[a].defined and "model factory" in rec.unavailable[a]
+    # the run is in the store like any other and reopens (data and split from the store; a Python module is not
+    # rebuilt) with the same scores; the same call again reuses it
+    assert [r.run_id for r in list_runs(store)] == [run.run_id]
+    again = load_run(run.run_id, store=store)
+    assert again.model is None and again.dataset.bounds == (-2.0, 2.0)
+    np.testing.assert_array_equal(again.scores("distance_l2", "members"), run.scores("distance_l2", "members"))
+    assert mia_core.audit(net, members, nonmembers, bounds=(-2, 2), name="ResidualMLP", config=FAST,
+                          store=store).reused
+
+
+def test_a_factory_and_a_recipe_train_reference_models_of_the_users_architecture(user_setup, store):
+    net, members, nonmembers = user_setup
+    run = mia_core.audit(net, members, nonmembers, bounds=(-2, 2), config=FAST, store=store,
+                         model_factory="test_user_audit:residual_mlp_factory",
+                         recipe=TrainingRecipe(epochs=30, optimizer="sgd", lr=0.05))
+    rec = run.record
+    assert rec.config.optimizer == "sgd" and "30 epochs of sgd" in rec.audit.retraining
+    for a in ("lira_online", "lira_offline", "rmia_online", "rmia_offline"):
+        assert rec.attacks[a].defined and a not in rec.unavailable
+    assert rec.attacks["rmia_online"].auc > 0.55
+    shadow_dirs = list(run.run_dir.glob("shadows-*/chunk-*"))
+    assert shadow_dirs  # cached beside the audit, chunk by chunk
+
+
+def test_affine_user_model_in_a_wide_box_matches_the_closed_form(store):
+    """A user's affine model on inputs in [-5, 5]: the audit's L2 distances are the closed-form ones."""
+    torch.manual_seed(3)
+    lin = nn.Linear(6, 3)
+    gen = torch.Generator().manual_seed(4)
+    x = (torch.rand(120, 6, generator=gen) * 4 - 2).numpy()
+    with torch.no_grad():
+        y = lin(torch.from_numpy(x)).argmax(1).numpy()
+    run = mia_core.audit(lin, (x[:40], y[:40]), (x[40:], y[40:]), bounds=(-5, 5), config=FAST, store=store)
+    w, b = lin.weight.detach().double(), lin.bias.detach().double()
+    for group in ("members", "nonmembers"):
+        g = run.table[group]
+        z = torch.from_numpy(run.dataset.x[g.index]).double() @ w.T + b
+        yy = torch.from_numpy(g.label)
+        dist = (z.gather(1, yy[:, None]) - z) / (w[yy][:, None, :] - w[None]).norm(dim=2).clamp_min(1e-12)
+        dist[torch.arange(len(yy)), yy] = math.inf
+        exact = dist.min(1).values.numpy()
+        inside = exact < 2.5  # the closed-form point stays in the box
+        np.testing.assert_allclose(g.scores["distance_l2"][inside], exact[inside], rtol=0.01)
+
+
+def test_bad_user_input_is_refused_with_a_message_and_nothing_stored(user_setup, store, snapshot):
+    net, (xm, ym), (xn, yn) = user_setup
+    mia_core.audit(net, (xm, ym), (xn, yn), bounds=(-2, 2), config=FAST, store=store)
+    before = snapshot(store)
+    cases = [
+        (dict(members=(xm, ym + 10)), ModelError, "10 outputs but the labels go up to 19"),
+        (dict(nonmembers=(np.concatenate([xn[:20], xm[:5]]), np.r_[yn[:20], ym[:5]])), DatasetError,
+         "both among the members"),
+        (dict(members=(xm[:5], ym[:5])), DatasetError, "at least 10"),
+        (dict(members=(np.where(np.arange(xm.size).reshape(xm.shape) == 7, np.nan, xm), ym)), DatasetError, "NaN"),
+        (dict(members=(xm * 3, ym)), DatasetError, "outside the bounds"),
+        (dict(members=(xm, ym - 1)), DatasetError, "0..C-1"),
+        (dict(model=nn.Linear(64, 5)), ModelError, "5 outputs but the labels go up to 9"),
+        (dict(model=nn.Sequential(nn.Linear(64, 10), nn.Unflatten(1, (2, 5)))), ModelError, "must be \\[8, C\\]"),
+        (dict(model_factory="no_such_package.module:f"), ModelError, "Cannot import 'no_such_package.module'"),
+        (dict(model_factory="numpy:pi"), ModelError, "has no function 'pi'"),
+        (dict(model_factory="numpy:zeros"), ModelError, None),
+        (dict(model_factory="test_user_audit:not_a_model"), ModelError, "not a torch.nn.Module"),
+        (dict(config=FAST.replace(lira_shadows=3)), ConfigError, "even"),
+    ]
+    for change, error, message in cases:
+        kw = dict(model=net, members=(xm, ym), nonmembers=(xn, yn), bounds=(-2, 2), config=FAST, store=store)
+        kw.update(change)
+        model = kw.pop("model")
+        with pytest.raises(error, match=message):
+            mia_core.audit(model, **kw)
+    assert snapshot(store) == before
+
+
+def not_a_model(input_shape, num_classes):
+    return "a string"
