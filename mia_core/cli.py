@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from . import views
-from .config import ExperimentConfig
+from .config import ExperimentConfig, Stage
 from .data import DATASETS, DatasetError, download_dataset
 from .defenses import DEFENSES
 from .experiment import collect_garbage, repair_store, run_experiment, scan_store
@@ -43,10 +43,13 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _add_run_args(p: argparse.ArgumentParser) -> None:
-    """One flag per config field (its metadata gives the help, type, choices and aliases), plus --store/--out."""
+def _add_run_args(p: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+    """One flag per config field (its metadata gives the help, type, choices and aliases), plus --store/--out;
+    `only` limits the fields."""
     d = ExperimentConfig()
     for name, prm in ExperimentConfig.params().items():
+        if only is not None and name not in only:
+            continue
         kw: dict = {"dest": name, "help": prm.help}
         if prm.kind is str:
             kw["type"] = str
@@ -68,9 +71,14 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="also write summary.json and per_sample.csv into this folder")
 
 
-def config_from_args(a: argparse.Namespace) -> ExperimentConfig:
-    """The config the flags describe, validated (ConfigError lists every problem)."""
-    values = {name: getattr(a, name) for name in ExperimentConfig.params()}
+def config_from_args(a: argparse.Namespace, base: ExperimentConfig | None = None) -> ExperimentConfig:
+    """The config the flags describe, validated (ConfigError lists every problem). With `base`, only the flags
+    the parser has replace its fields."""
+    values = {name: getattr(a, name) for name in ExperimentConfig.params() if hasattr(a, name)}
+    if getattr(a, "model_factory", None) and base is None:
+        values["model"] = "factory:" + a.model_factory
+    if base is not None:
+        return base.replace(**values).validate()
     if values["defense_strength"] is None:
         values["defense_strength"] = DEFENSES.get(a.defense).default_strength
     return ExperimentConfig(**values).validate()
@@ -128,6 +136,59 @@ def cmd_run(a: argparse.Namespace) -> int:
     result = run_experiment(cfg, store=Store.resolve(a.store), progress=LineProgress())
     if result.reused:
         print(f"reused the stored run {result.eval_dir}", file=sys.stderr)
+    if out:
+        write_json(out / "summary.json", result.record.to_json())
+        result.frame().to_csv(out / "per_sample.csv", index=False)
+    print(format_table(result.record))
+    print(f"\nstored in {result.eval_dir}")
+    return 0
+
+
+def cmd_audit(a: argparse.Namespace) -> int:
+    """Audit the user's own model (ONNX, or a factory with weights or trained here) on their own data."""
+    from .training import read_state_dict
+    from .user_audit import TrainingRecipe, audit_onnx, audit_prepared, train_user_model
+    from .user_data import prepare_user_data, read_member_ids, read_user_data
+    from .user_models import build_from_factory, state_digest
+
+    if bool(a.onnx) == bool(a.model_factory):
+        raise ValueError("Name the model: --onnx FILE, or --model-factory package.module:function (with --weights "
+                         "FILE, or trained here on the members with the recipe flags).")
+    if a.weights and not a.model_factory:
+        raise ValueError("--weights needs --model-factory (the architecture the weights belong to).")
+    base = config_from_args(a, ExperimentConfig())
+    out = _check_out(a.out)
+    data = read_user_data(a.data, label_column=a.label_column, id_column=a.id_column,
+                          membership_column=a.membership_column)
+    if a.bounds:
+        data = data.with_bounds(tuple(a.bounds))
+    prepared = prepare_user_data(data, member_ids=read_member_ids(a.member_ids) if a.member_ids else None,
+                                 reference_ids=read_member_ids(a.reference_ids) if a.reference_ids else None,
+                                 reference_share=a.reference_share, seed=base.seed)
+    ds, split = prepared.dataset, prepared.split
+    store, progress = Store.resolve(a.store), LineProgress()
+    common = dict(config=base, store=store, progress=progress, seed=base.seed, device=base.device)
+    if a.onnx:
+        result = audit_onnx(Path(a.onnx), ds, split, prepared.reference, data_label=prepared.source,
+                            file_name=Path(a.onnx).name, **common)
+    else:
+        recipe = TrainingRecipe(epochs=base.epochs, batch_size=base.batch_size, lr=base.lr,
+                                weight_decay=base.weight_decay, optimizer=base.optimizer)
+        if a.weights:
+            model = build_from_factory(a.model_factory, ds.input_shape, ds.num_classes)
+            from .training import load_weights
+
+            load_weights(model, read_state_dict(a.weights))
+            label, kind = f"{Path(a.weights).name} on {a.model_factory} (weights given)", "factory"
+        else:
+            model = train_user_model(a.model_factory, ds, split, recipe, seed=base.seed, progress=progress)
+            label, kind = f"{a.model_factory} trained here on the members ({recipe.describe()})", "factory"
+        result = audit_prepared(model, ds, split, prepared.reference, model_label=label, model_kind=kind,
+                                model_digest=state_digest(model), data_label=prepared.source,
+                                short_name=a.model_factory.rpartition(":")[2], model_factory=a.model_factory,
+                                recipe=recipe, **common)
+    if result.reused:
+        print(f"reused the stored audit {result.eval_dir}", file=sys.stderr)
     if out:
         write_json(out / "summary.json", result.record.to_json())
         result.frame().to_csv(out / "per_sample.csv", index=False)
@@ -255,7 +316,34 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Train (or reuse from the store) a model, compute minimal perturbations and "
                                      "every attack's scores, and print AUC / TPR-at-FPR with bootstrap intervals.")
     _add_run_args(run)
+    run.add_argument("--model-factory", default=None, metavar="PKG.MODULE:FUNCTION",
+                     help="train your own architecture: f(input_shape, num_classes) -> nn.Module (trusted local code)")
     run.set_defaults(func=cmd_run)
+    aud = sub.add_parser(
+        "audit", help="audit your own model (ONNX, or your architecture) on your own data",
+        description="Audit your own model on your own data: a table (.csv/.tsv/.parquet with a label column), an "
+                    "image folder (one sub-folder per class) or an .npz; who was in training from a membership "
+                    "column or a file of member ids; the model as an ONNX file, or as your architecture "
+                    "(--model-factory) with --weights, or trained here on the members. With a factory, the "
+                    "reference-model attacks (LiRA, RMIA) train copies with the recipe flags; with an ONNX file "
+                    "they are reported unavailable.")
+    aud.add_argument("--data", required=True, help="table, image folder or .npz")
+    aud.add_argument("--label-column", default=None, help="a table's class column")
+    aud.add_argument("--membership-column", default=None, help="a table's column saying who was in training (1/0)")
+    aud.add_argument("--id-column", default=None, help="a table's id column (member ids refer to it)")
+    aud.add_argument("--member-ids", default=None, metavar="FILE", help="member ids, one per line")
+    aud.add_argument("--reference-ids", default=None, metavar="FILE",
+                     help="the attacker's reference pool, one id per line (default: a share of the non-members)")
+    aud.add_argument("--reference-share", type=float, default=0.5, help="Default: %(default)s")
+    aud.add_argument("--onnx", default=None, metavar="FILE", help="the model as an ONNX file")
+    aud.add_argument("--model-factory", default=None, metavar="PKG.MODULE:FUNCTION",
+                     help="your architecture: f(input_shape, num_classes) -> nn.Module (trusted local code)")
+    aud.add_argument("--weights", default=None, metavar="FILE", help="its trained weights (.safetensors or .pt)")
+    aud.add_argument("--bounds", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
+                     help="the box the model's inputs live in (tables and images are scaled to 0 1)")
+    _add_run_args(aud, only=("epochs", "batch_size", "lr", "weight_decay", "optimizer", "seed", "device",
+                             *ExperimentConfig.stage_fields(Stage.EVALUATION)))
+    aud.set_defaults(func=cmd_audit)
     runs = sub.add_parser("runs", help="list the runs in the store")
     runs.add_argument("--store", default=None, help=f"store folder (default: ${STORE_ENV} or ./{DEFAULT_FOLDER})")
     runs.add_argument("--json", action="store_true", help="print the summaries (and damaged runs) as JSON")

@@ -44,9 +44,11 @@ class Dataset:
 
     def in_original_units(self, x: np.ndarray) -> np.ndarray:
         """Table rows [N, D] from the scaled inputs back in the file's own units (identity without scaling)."""
+        x = np.asarray(x, dtype=np.float64)
         if self.feature_low is None or self.feature_high is None:
-            return np.asarray(x, dtype=np.float64)
-        return self.feature_low + np.asarray(x, dtype=np.float64) * (self.feature_high - self.feature_low)
+            return x
+        unit = (x - self.bounds[0]) / (self.bounds[1] - self.bounds[0])
+        return self.feature_low + unit * (self.feature_high - self.feature_low)
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -220,6 +220,22 @@ def audit_prepared(model: nn.Module, ds: Dataset, split: Split, reference_how: s
     return _assemble(st, cfg, eval_dir, ds, model, split, reused)
 
 
+def train_user_model(factory: str, ds: Dataset, split: Split, recipe: TrainingRecipe, *, seed: int = 0,
+                     progress: Progress | None = None, device: str = "auto") -> nn.Module:
+    """The user's architecture (a factory string) trained on the split's members with the recipe."""
+    from .training import TrainConfig, seed_everything, train
+
+    seed_everything(seed)
+    dev = pick_device(device)
+    model = build_from_factory(factory, ds.input_shape, ds.num_classes).to(dev)
+    x = torch.from_numpy(ds.x[split.members]).to(dev)
+    y = torch.from_numpy(ds.y[split.members]).to(dev)
+    train(model, x, y, TrainConfig(epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
+                                   weight_decay=recipe.weight_decay, seed=seed, optimizer=recipe.optimizer),
+          progress=progress)
+    return model.eval()
+
+
 def _write_audit_stage(run_dir: Path, cfg: ExperimentConfig, info: AuditInfo, ds: Dataset, split: Split,
                        model: nn.Module, dev, onnx_model: OnnxModel | None) -> None:
     """The audit's first stage: its config, the user's data and split, the model (ONNX bytes, or the module's

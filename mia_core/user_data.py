@@ -37,6 +37,17 @@ class UserData:
     members: np.ndarray | None  # [N] bool, or None when membership comes from elsewhere
     source: str  # what was read, for the run's record
 
+    def with_bounds(self, bounds: tuple[float, float]) -> "UserData":
+        """The same data mapped linearly from [0, 1] into the box the user's model expects (e.g. 0..255)."""
+        import dataclasses
+
+        lo, hi = float(bounds[0]), float(bounds[1])
+        if not lo < hi:
+            raise DatasetError(f"bounds must satisfy low < high, got ({lo:g}, {hi:g}).")
+        x = (lo + (hi - lo) * self.dataset.x.astype(np.float64)).clip(lo, hi).astype(np.float32)
+        ds = dataclasses.replace(self.dataset, x=x, bounds=(lo, hi))
+        return dataclasses.replace(self, dataset=ds)
+
 
 def read_table(path: str | Path, *, label_column: str, membership_column: str | None = None,
                id_column: str | None = None, drop_columns: tuple[str, ...] = ()) -> UserData:
@@ -243,3 +254,44 @@ def membership_split(members: np.ndarray, *, reference: np.ndarray | None = None
         if len(idx) < MIN_GROUP:
             raise DatasetError(f"Only {len(idx)} {name}; an audit needs at least {MIN_GROUP} in each group.")
     return split, how
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedData:
+    """A user's data with its split, ready for an audit."""
+
+    dataset: Dataset
+    split: Split
+    source: str  # what was read
+    reference: str  # how the reference pool was chosen
+
+
+def read_user_data(path: str | Path, *, label_column: str | None = None, id_column: str | None = None,
+                   membership_column: str | None = None) -> UserData:
+    """A table (.csv, .tsv, .parquet), an image folder, or an .npz of arrays x and y (ids: row numbers)."""
+    from .data import load_npz_dataset
+
+    path = Path(path)
+    if path.is_dir():
+        return read_image_folder(path)
+    if path.suffix.lower() == ".npz":
+        ds = load_npz_dataset(path)
+        return UserData(ds, np.array([str(i) for i in range(len(ds))]), None, f"arrays {path.name} ({len(ds)} rows)")
+    if label_column is None:
+        raise DatasetError(f"{path.name} is a table: name its label column (--label-column).")
+    return read_table(path, label_column=label_column, membership_column=membership_column, id_column=id_column)
+
+
+def prepare_user_data(data: UserData, *, member_ids: list[str] | None = None, reference_ids: list[str] | None = None,
+                      reference_share: float = 0.5, seed: int = 0) -> PreparedData:
+    """Who was in training (the data's membership column, or a list of member ids) and the split it gives."""
+    if member_ids is not None:
+        members = members_from_ids(data, member_ids)
+    elif data.members is not None:
+        members = data.members
+    else:
+        raise DatasetError("Say who was in training: a membership column in the table, or a file of member ids "
+                           "(one id per line: the id column's values, row numbers, or image paths).")
+    reference = members_from_ids(data, reference_ids) if reference_ids is not None else None
+    split, how = membership_split(members, reference=reference, reference_share=reference_share, seed=seed)
+    return PreparedData(data.dataset, split, data.source, how)

@@ -1,0 +1,254 @@
+"""A user's own data (tables, image folders) and models (ONNX, a factory) through the loaders and the CLI."""
+
+import io
+import json
+import math
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from mia_core.cli import main
+from mia_core.data import DatasetError, load_dataset
+from mia_core.experiment import list_runs, load_run
+from mia_core.user_audit import audit_onnx
+from mia_core.user_data import prepare_user_data, read_image_folder, read_table, read_user_data
+from mia_core.user_models import ModelError, load_onnx
+
+FAST_FLAGS = ["--bootstrap", "20", "--label-only-queries", "150", "--reference-scored", "60", "--lira-shadows", "2",
+              "--method", "deepfool"]
+
+
+@pytest.fixture
+def patients(tmp_path):
+    """The breast-cancer table as a user would have it: text labels, an id, a category, a membership column."""
+    from sklearn.datasets import load_breast_cancer
+
+    frame = load_breast_cancer(as_frame=True).frame
+    rng = np.random.default_rng(0)
+    frame["diagnosis"] = np.where(frame.pop("target") == 1, "benign", "malignant")
+    frame["clinic"] = rng.choice(["north", "south", "east"], len(frame))
+    frame["member"] = (rng.random(len(frame)) < 0.4).astype(int)
+    frame.insert(0, "patient_id", [f"p{i:04d}" for i in range(len(frame))])
+    path = tmp_path / "patients.csv"
+    frame.to_csv(path, index=False)
+    return path, frame
+
+
+def test_a_table_is_scaled_one_hot_encoded_and_keeps_its_units(patients, tmp_path):
+    path, frame = patients
+    data = read_table(path, label_column="diagnosis", membership_column="member", id_column="patient_id")
+    ds = data.dataset
+    assert ds.x.shape == (569, 30 + 3) and ds.x.min() == 0 and ds.x.max() == 1
+    assert ds.class_names == ("benign", "malignant") and ds.num_classes == 2
+    assert ds.feature_names[:2] == ("mean radius", "mean texture") and "clinic=north" in ds.feature_names
+    np.testing.assert_allclose(ds.in_original_units(ds.x)[:, 0], frame["mean radius"], rtol=1e-5)
+    assert (data.members == frame["member"].astype(bool)).all() and data.ids[0] == "p0000"
+    # Parquet reads the same
+    frame.to_parquet(tmp_path / "patients.parquet")
+    again = read_table(tmp_path / "patients.parquet", label_column="diagnosis", membership_column="member",
+                       id_column="patient_id")
+    np.testing.assert_array_equal(again.dataset.x, ds.x)
+    # member ids instead of a column; the reference pool is a seeded share of the rest, said in the run
+    ids = tmp_path / "members.txt"
+    ids.write_text("patient_id\n" + "\n".join(frame.patient_id[frame.member == 1]) + "\n")
+    from mia_core.user_data import read_member_ids
+
+    prepared = prepare_user_data(read_table(path, label_column="diagnosis", id_column="patient_id"),
+                                 member_ids=read_member_ids(ids), reference_share=0.25, seed=1)
+    assert len(prepared.split.members) == frame.member.sum()
+    assert len(prepared.split.reference) == int((569 - frame.member.sum()) * 0.25)
+    assert "seeded 25%" in prepared.reference
+
+
+def test_bad_tables_and_folders_are_refused_with_a_message(patients, tmp_path):
+    path, frame = patients
+    cases = []
+    def table(name, change):
+        f = frame.copy()
+        change(f)
+        p = tmp_path / name
+        f.to_csv(p, index=False)
+        return p
+    cases.append((path, dict(label_column="label"), "no label column 'label'"))
+    cases.append((table("nan.csv", lambda f: f.__setitem__("mean radius", f["mean radius"].where(f.index != 3))),
+                  {}, "column 'mean radius' has 1 missing, NaN or infinite"))
+    cases.append((table("text.csv", lambda f: f.__setitem__("mean area", f["mean area"].astype(object).where(
+        f.index != 5, "about 500"))), {}, "column 'mean area' is numeric but row 5 holds 'about 500'"))
+    cases.append((table("member.csv", lambda f: f.__setitem__("member", f["member"].astype(object).where(
+        f.index != 2, "maybe"))), dict(membership_column="member"), "row 2 has 'maybe'"))
+    cases.append((table("one.csv", lambda f: f.__setitem__("diagnosis", "benign")), {}, "needs 2 classes"))
+    garbage = tmp_path / "garbage.parquet"
+    garbage.write_bytes(b"PAR1 this is not parquet")
+    cases.append((garbage, {}, "not a readable parquet table"))
+    for p, kw, message in cases:
+        with pytest.raises(DatasetError, match=message):
+            read_table(p, **{"label_column": "diagnosis", "id_column": "patient_id", **kw})
+    with pytest.raises(DatasetError, match="Say who was in training"):
+        prepare_user_data(read_table(path, label_column="diagnosis", id_column="patient_id"))
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    (tmp_path / "empty" / "b").mkdir()
+    with pytest.raises(DatasetError, match="holds no images"):
+        read_image_folder(tmp_path / "empty")
+
+
+def _image_folder(root, sizes=((8, 8),)):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, cls in enumerate(("cat", "dog", "eel")):
+        (root / cls).mkdir(parents=True)
+        for i in range(30):
+            size = sizes[(c * 30 + i) % len(sizes)]
+            pixels = np.clip(rng.normal(60 + 70 * c, 30, (*size[::-1], 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / cls / f"{i:02d}.png")
+    return root
+
+
+def test_an_image_folder_loads_and_mixed_sizes_are_refused(tmp_path):
+    data = read_image_folder(_image_folder(tmp_path / "pets"))
+    assert data.dataset.x.shape == (90, 3, 8, 8) and data.dataset.class_names == ("cat", "dog", "eel")
+    assert data.ids[0] == "cat/00.png" and 0 <= data.dataset.x.min() and data.dataset.x.max() <= 1
+    with pytest.raises(DatasetError, match="different sizes"):
+        read_image_folder(_image_folder(tmp_path / "mixed", sizes=((8, 8), (9, 8))))
+
+
+class SmallConvNet(nn.Module):
+    def __init__(self, num_classes=3):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.head = nn.Linear(8 * 4 * 4, num_classes)
+
+    def forward(self, x):
+        return self.head(self.features(x).flatten(1))
+
+
+def _onnx_bytes(model, example):
+    buf = io.BytesIO()
+    torch.onnx.export(model.eval(), (example,), buf, dynamo=False, input_names=["x"], output_names=["logits"],
+                      dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}})
+    return buf.getvalue()
+
+
+def test_an_onnx_model_is_converted_checked_and_audited_like_the_original(tmp_path):
+    data = read_image_folder(_image_folder(tmp_path / "pets"))
+    ds = data.dataset
+    members = np.zeros(len(ds.y), dtype=bool)
+    members[::3] = True
+    prepared = prepare_user_data(data.__class__(ds, data.ids, members, data.source))
+    torch.manual_seed(0)
+    net = SmallConvNet()
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    xm, ym = torch.from_numpy(ds.x[members]), torch.from_numpy(ds.y[members])
+    for _ in range(60):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(xm), ym).backward()
+        opt.step()
+    blob = _onnx_bytes(net, xm[:2])
+    converted = load_onnx(blob, ds.x[:8], num_classes=3)
+    assert converted.max_abs_difference < 1e-4 and "Conv" in converted.operators
+    with torch.no_grad():
+        np.testing.assert_allclose(converted.module(torch.from_numpy(ds.x)).numpy(), net(torch.from_numpy(ds.x)).numpy(),
+                                   atol=1e-4)
+    store = tmp_path / "store"
+    from mia_core.config import ExperimentConfig
+
+    cfg = ExperimentConfig(bootstrap_rounds=20, label_only_queries=150, reference_scored=60, distance_method="deepfool")
+    run = audit_onnx(blob, ds, prepared.split, prepared.reference, data_label=data.source, file_name="pets.onnx",
+                     config=cfg, store=store)
+    rec = run.record
+    assert rec.audit.model_kind == "onnx" and rec.audit.onnx_max_difference < 1e-4
+    assert "model factory" in rec.unavailable["lira_online"]
+    # the same scores as the torch original, sample by sample
+    with torch.no_grad():
+        logp = torch.log_softmax(net(torch.from_numpy(ds.x[run.table["members"].index])).double(), 1).numpy()
+    np.testing.assert_allclose(run.scores("loss", "members"),
+                               logp[np.arange(len(logp)), run.table["members"].label], atol=1e-4)
+    # reopened from the store: the ONNX file is kept and converted again, without pickle
+    again = load_run(run.run_id, store=store)
+    assert again.model is not None and again.dataset.x.shape == ds.x.shape
+
+
+def test_bad_onnx_files_are_refused_and_nothing_is_stored(tmp_path, monkeypatch, snapshot):
+    sample = np.random.default_rng(0).random((4, 3, 8, 8), dtype=np.float32)
+    good = _onnx_bytes(SmallConvNet(), torch.from_numpy(sample[:2]))
+    with pytest.raises(ModelError, match="not an ONNX model"):
+        load_onnx(b"\x80\x04\x95 a pickle, not a protobuf", sample)
+    with pytest.raises(ModelError, match="cannot run the model on inputs of shape \\[4, 1, 8, 8\\]"):
+        load_onnx(good, sample[:, :1])
+    with pytest.raises(ModelError, match="3 outputs but the labels go up to 9"):
+        load_onnx(good, sample, num_classes=10)
+    monkeypatch.setenv("MIA_MAX_UPLOAD_MB", "0.001")
+    with pytest.raises(ModelError, match="the limit is 0 MB"):
+        load_onnx(good, sample)
+    monkeypatch.delenv("MIA_MAX_UPLOAD_MB")
+    # an operator the converter does not know
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Hardmax", ["x"], ["y"], axis=1)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])])
+    odd = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+    with pytest.raises(ModelError, match="does not support.*Hardmax|Hardmax"):
+        load_onnx(odd, sample[:, 0, 0, :3])
+
+
+def test_the_cli_audits_a_csv_with_a_users_factory(patients, tmp_path, capsys, monkeypatch):
+    path, frame = patients
+    (tmp_path / "clinic_models.py").write_text(textwrap.dedent("""
+        import math
+        from torch import nn
+        def mlp(input_shape, num_classes):
+            return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), 64), nn.ReLU(),
+                                 nn.Linear(64, num_classes))
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    store = tmp_path / "store"
+    args = ["audit", "--data", str(path), "--label-column", "diagnosis", "--membership-column", "member",
+            "--id-column", "patient_id", "--model-factory", "clinic_models:mlp", "--epochs", "20",
+            "--store", str(store), "--out", str(tmp_path / "out"), *FAST_FLAGS]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "distance_l2" in out and "rmia_online" in out
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["audit"]["model_kind"] == "factory" and "trained here" in summary["audit"]["model"]
+    assert summary["audit"]["retraining"].startswith("copies of clinic_models:mlp")
+    assert summary["attacks"][[a["name"] for a in summary["attacks"]].index("lira_online")]["auc"] is not None
+    run = list_runs(store)[0]
+    assert run.record.config.model == "your model: mlp" and run.record.n_members == frame.member.sum()
+    # bad input: a clear message, exit 2, the store untouched
+    before = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
+    for bad, message in (
+        (["--label-column", "nope"], "no label column 'nope'"),
+        (["--model-factory", "clinic_models:nothing"], "has no function 'nothing'"),
+        (["--membership-column", "mean radius"], "must hold 1/0"),
+        (["--onnx", str(path)], "Name the model"),
+    ):
+        argv = list(args)
+        for flag, value in zip(bad[::2], bad[1::2]):
+            if flag in argv:
+                argv[argv.index(flag) + 1] = value
+            else:
+                argv += [flag, value]
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in store.rglob("*") if p.is_file()} == before
+
+
+def test_breast_cancer_is_embedded_and_runs_with_the_table_models(tmp_path):
+    from mia_core.config import TABLE_DEMO
+    from mia_core.experiment import run_experiment
+
+    ds = load_dataset("breast_cancer")
+    assert ds.x.shape == (569, 30) and ds.is_table and ds.class_names == ("malignant", "benign")
+    for model in ("linear", "mlp"):
+        cfg = TABLE_DEMO.replace(model=model, epochs=20, bootstrap_rounds=20, label_only_queries=100,
+                                 lira_shadows=2, distance_method="deepfool")
+        rec = run_experiment(cfg, store=tmp_path).record
+        assert rec.test_accuracy > 0.85 and all(rec.attacks[a].defined for a in ("distance_l2", "label_only_l2",
+                                                                               "lira_online", "rmia_offline"))
