@@ -9,6 +9,7 @@ st.set_page_config(page_title="Membership Leakage Explorer", page_icon=":materia
 PAGES = [
     st.Page("pages/overview.py", title="Overview", icon=":material/home:", default=True),
     st.Page("pages/experiment.py", title="Experiment", icon=":material/science:"),
+    st.Page("pages/audit.py", title="Audit your model", icon=":material/upload:"),
     st.Page("pages/distances.py", title="Distances", icon=":material/straighten:"),
     st.Page("pages/attacks.py", title="Attacks", icon=":material/target:"),
     st.Page("pages/defenses.py", title="Defenses", icon=":material/shield:"),

@@ -91,6 +91,21 @@ def run_with_progress(config: ExperimentConfig, label: str = "Running the experi
     return result
 
 
+def with_progress(label: str, work) -> ex.RunResult:
+    """Run `work(progress)` (an audit) with a live status box and progress bar, and make its run current."""
+    with st.status(label, expanded=True) as status:
+        bar = st.progress(0.0, text="starting")
+        try:
+            result = work(lambda stage, frac: bar.progress(min(max(frac, 0.0), 1.0), text=stage))
+        except BaseException:
+            status.update(label=f"{label}: stopped", state="error", expanded=False)
+            raise
+        status.update(label=f"{label}: done" + (" (reused from the store)" if result.reused else ""),
+                      state="complete", expanded=False)
+    set_current(result.run_id)
+    return result
+
+
 def require_run() -> ex.RunResult:
     """The current run, or a prompt to create one (and stop the page)."""
     run = current_run()

@@ -235,3 +235,15 @@ def slice_figure(rows, *, title: str) -> go.Figure:
     fig.add_hline(y=0.5, line=dict(color="#777777", dash="dash"), annotation_text="no leak")
     fig.update_layout(title=title, yaxis_title="AUC (95% bootstrap interval)", yaxis_range=[0, 1], **_LAYOUT)
     return fig
+
+
+def feature_change_figure(changes, *, title: str) -> go.Figure:
+    """Horizontal bars: how far each feature had to move (share of its range) to reach the boundary."""
+    frame = changes.iloc[::-1]
+    share = frame["change (share of range)"].to_numpy()
+    fig = go.Figure(go.Bar(x=share, y=frame["feature"], orientation="h",
+                           marker_color=np.where(share > 0, MEMBER_COLOR, NONMEMBER_COLOR),
+                           hovertemplate="%{y}: %{x:+.3f} of its range<extra></extra>"))
+    fig.update_layout(title=title, height=max(220, 26 * len(frame) + 90), margin=dict(l=10, r=10, t=50, b=40),
+                      xaxis_title="change, as a share of the feature's range (blue up, orange down)")
+    return fig

@@ -271,3 +271,26 @@ def reopen_audit(run_dir: Path, device) -> tuple[Dataset, Split, nn.Module | Non
     if (run_dir / "model.onnx").is_file():
         model = load_onnx(run_dir / "model.onnx", ds.x[split.members[:8]]).module.to(device).eval()
     return ds, split, model
+
+
+def audit_upload(data: bytes, data_name: str, model: bytes, model_name: str, *, label_column: str | None = None,
+                 membership_column: str | None = None, id_column: str | None = None,
+                 member_ids: list[str] | None = None, bounds: tuple[float, float] | None = None,
+                 reference_share: float = 0.5, config: ExperimentConfig | None = None,
+                 store: Store | str | Path | None = None, progress: Progress | None = None) -> RunResult:
+    """The app's audit: uploaded data (table, zip of an image folder, npz) and an uploaded ONNX model, read in a
+    private temporary folder that is removed afterwards; nothing is stored unless the audit succeeds."""
+    import tempfile
+
+    from .user_data import prepare_user_data, read_upload
+
+    cfg = config or ExperimentConfig()
+    with tempfile.TemporaryDirectory(prefix="mia-upload-") as work:
+        user = read_upload(data, data_name, work, label_column=label_column or None, id_column=id_column or None,
+                           membership_column=membership_column or None)
+    if bounds is not None and tuple(bounds) != (0.0, 1.0):
+        user = user.with_bounds(bounds)
+    prepared = prepare_user_data(user, member_ids=member_ids, reference_share=reference_share, seed=cfg.seed)
+    return audit_onnx(model, prepared.dataset, prepared.split, prepared.reference, data_label=prepared.source,
+                      file_name=model_name, config=cfg, store=store, progress=progress, seed=cfg.seed,
+                      device=cfg.device)

@@ -11,6 +11,7 @@ Every problem raises DatasetError with a message that says what is wrong and whe
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -295,3 +296,95 @@ def prepare_user_data(data: UserData, *, member_ids: list[str] | None = None, re
     reference = members_from_ids(data, reference_ids) if reference_ids is not None else None
     split, how = membership_split(members, reference=reference, reference_share=reference_share, seed=seed)
     return PreparedData(data.dataset, split, data.source, how)
+
+
+MAX_ZIP_FILES = 200_000
+
+
+def read_image_zip(blob: bytes, workdir: str | Path) -> UserData:
+    """An image folder uploaded as a .zip (the ImageFolder layout inside, at its top or under one folder):
+    extracted into `workdir` with every entry's path checked (no absolute paths, no '..', no links), then read
+    with `read_image_folder`. Ids are the images' paths relative to the class folders' parent."""
+    import zipfile
+
+    root = Path(workdir) / "images"
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(blob))
+    except zipfile.BadZipFile:
+        raise DatasetError("The upload is not a readable .zip file.") from None
+    names = [i for i in archive.infolist() if not i.is_dir()]
+    if len(names) > MAX_ZIP_FILES:
+        raise DatasetError(f"The .zip holds {len(names):,} files; the limit is {MAX_ZIP_FILES:,}.")
+    total = sum(i.file_size for i in names)
+    if total > 20 * len(blob) + 2**30:
+        raise DatasetError("The .zip expands to more than this server accepts.")
+    for info in names:
+        parts = Path(info.filename).parts
+        if info.filename.startswith(("/", "\\")) or ".." in parts or (info.external_attr >> 28) == 0o12:
+            raise DatasetError(f"The .zip holds an unsafe path ({info.filename!r}); it was not extracted.")
+        if parts[0] == "__MACOSX" or Path(info.filename).name.startswith("."):
+            continue
+        target = root.joinpath(*parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with archive.open(info) as src, open(target, "wb") as dst:
+            dst.write(src.read())
+    tops = [p for p in root.iterdir()] if root.is_dir() else []
+    if len(tops) == 1 and tops[0].is_dir() and all(q.is_dir() for q in tops[0].iterdir()):
+        root = tops[0]  # zip of the folder itself: images/<folder>/<class>/<file>
+    return read_image_folder(root)
+
+
+def table_columns(path: str | Path) -> list[str]:
+    """A table's column names (for the app's column pickers)."""
+    return [str(c) for c in _read_frame(Path(path)).columns]
+
+
+def read_upload(blob: bytes, file_name: str, workdir: str | Path, *, label_column: str | None = None,
+                id_column: str | None = None, membership_column: str | None = None) -> UserData:
+    """An uploaded file (a table, a .zip of an image folder, or an .npz) read through a private working folder
+    (the caller's, deleted afterwards); its size is checked against the operator's upload limit first."""
+    from .user_models import max_upload_bytes
+
+    limit = max_upload_bytes()
+    if len(blob) > limit:
+        raise DatasetError(f"{file_name} is {len(blob) / 2**20:.1f} MB; the limit is {limit / 2**20:.0f} MB "
+                           "(MIA_MAX_UPLOAD_MB).")
+    suffix = Path(file_name).suffix.lower()
+    if suffix == ".zip":
+        return read_image_zip(blob, workdir)
+    if suffix not in (".csv", ".tsv", ".txt", ".parquet", ".pq", ".npz"):
+        raise DatasetError(f"{file_name}: upload a table (.csv, .tsv, .parquet), a .zip of an image folder or an "
+                           ".npz of arrays x and y.")
+    path = Path(workdir) / safe_file_name(file_name)
+    path.write_bytes(blob)
+    return read_user_data(path, label_column=label_column, id_column=id_column, membership_column=membership_column)
+
+
+def upload_columns(blob: bytes, file_name: str, workdir: str | Path) -> list[str]:
+    """The columns of an uploaded table (for the app's column pickers)."""
+    path = Path(workdir) / safe_file_name(file_name)
+    path.write_bytes(blob)
+    return table_columns(path)
+
+
+def safe_file_name(file_name: str) -> str:
+    """A browser's file name reduced to a plain name (letters, digits, . _ -), its suffix kept in lower case."""
+    import re
+
+    p = Path(str(file_name).replace("\\", "/")).name
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(p).stem).strip("._") or "upload"
+    return stem[:80] + Path(p).suffix.lower()
+
+
+LABEL_NAMES = ("label", "labels", "target", "class", "y", "diagnosis", "outcome")
+
+
+def likely_id_column(columns: list[str]) -> str | None:
+    """A column named like an id ('id', 'patient_id', 'ID'), if the table has one."""
+    return next((c for c in columns if c.lower() == "id" or c.lower().endswith(("_id", " id"))), None)
+
+
+def likely_label_column(columns: list[str]) -> str:
+    """The column a table most likely keeps its class in (a conventional name, else the last column)."""
+    by_name = {c.lower(): c for c in columns}
+    return next((by_name[n] for n in LABEL_NAMES if n in by_name), columns[-1])

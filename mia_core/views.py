@@ -12,7 +12,7 @@ import pandas as pd
 
 from . import metrics as mt
 from .attacks import ATTACKS
-from .config import ExperimentConfig
+from .config import AUDIT_MODEL, ExperimentConfig
 from .defenses import DEFENSES
 from .records import RunRecord, ScoreTable
 
@@ -50,6 +50,9 @@ def attack_title(name: str) -> str:
 def describe(config: ExperimentConfig) -> str:
     """A run's label: the base setting and whatever makes it differ from a plain trained run."""
     c = config
+    if c.model.startswith(AUDIT_MODEL):  # a user's own model: no width, no training here
+        parts = [c.dataset, c.model, f"{c.members} members", f"seed {c.seed}", f"search {c.distance_method}"]
+        return " · ".join(parts)
     parts = [c.dataset, f"{c.model} (width {c.width})", f"{c.members} members"]
     if c.checkpoint:
         parts.append(f"checkpoint {c.checkpoint.rsplit('/', 1)[-1]}")
@@ -63,6 +66,22 @@ def describe(config: ExperimentConfig) -> str:
     if c.output_mask != "none":
         parts.append(f"API returns {c.output_mask}")
     return " · ".join(parts)
+
+
+def audit_note(record: RunRecord) -> str | None:
+    """What an audit of the user's own model was: model, data, input box, reference pool, retraining."""
+    a = record.audit
+    if a is None:
+        return None
+    parts = [f"Your model: {a.model}", f"data: {a.data}",
+             f"distances are measured in your model's input box [{a.bounds[0]:g}, {a.bounds[1]:g}]",
+             f"reference pool: {a.reference}",
+             f"reference models: {a.retraining}" if a.retraining else
+             "no reference models (no factory given: LiRA and RMIA are unavailable)"]
+    if a.onnx_max_difference is not None:
+        parts.append(f"ONNX converted and checked against ONNX Runtime (largest difference "
+                     f"{a.onnx_max_difference:.1e})")
+    return "; ".join(parts) + "."
 
 
 def best_attack(record: RunRecord, metric: Metric = AUC) -> str:
@@ -349,3 +368,17 @@ def privacy_summary(record: RunRecord) -> str | None:
         text += (f" DP-SGD's accountant guarantees ε ≤ {record.defense.epsilon:.2f} at δ = {record.defense.delta:g}: "
                  f"the measured bound is {'below' if b.epsilon <= record.defense.epsilon else 'ABOVE'} it.")
     return text
+
+
+def feature_changes(dataset, x: np.ndarray, x_adv: np.ndarray, *, top: int | None = None) -> pd.DataFrame:
+    """A table row and its minimal perturbation feature by feature, in the table's own units: the value, the
+    value at the boundary point, the change, and the change as a share of the feature's range; largest first.
+    Features the search left unchanged are dropped (one-hot columns rarely move far)."""
+    names = dataset.feature_names or tuple(f"feature {j}" for j in range(x.shape[-1]))
+    before, after = dataset.in_original_units(x[None])[0], dataset.in_original_units(x_adv[None])[0]
+    share = (np.asarray(x_adv, float) - np.asarray(x, float)) / (dataset.bounds[1] - dataset.bounds[0])
+    frame = pd.DataFrame({"feature": names, "value": before, "at the boundary": after, "change": after - before,
+                          "change (share of range)": share})
+    frame = frame[np.abs(frame["change (share of range)"]) > 1e-6]
+    frame = frame.reindex(frame["change (share of range)"].abs().sort_values(ascending=False).index)
+    return (frame.head(top) if top else frame).reset_index(drop=True)

@@ -9,6 +9,8 @@ from mia_core.distances import SEARCHES
 st.title("Distances to the decision boundary")
 run = state.require_run()
 st.caption(views.describe(run.config))
+if note := views.audit_note(run.record):
+    st.caption(state.plain(note))
 
 c1, _ = st.columns([2, 3])
 method = c1.radio("search", list(SEARCHES), index=list(SEARCHES).index(run.config.distance_method), horizontal=True,
@@ -77,6 +79,19 @@ for title, (group, which) in views.EXPLORER_GROUPS.items():
     x_clean = run.dataset.x[gs.index[pick]]
     x_adv = gs.artifacts[f"x_adv_{attack}"][pick]
     labels, adv_labels = gs.label[pick], gs.artifacts[f"adv_label_{attack}"][pick]
+    if run.dataset.is_table:  # a table row and the features that had to change, in the table's units
+        choices = [f"#{i} · label {lab} → {alab} · distance {dist:.3f}"
+                   for i, lab, alab, dist in zip(gs.index[pick], labels, adv_labels, scores[pick])]
+        if not choices:
+            st.caption("No sample with a found, non-zero distance in this group.")
+            continue
+        sel = st.selectbox("sample", range(len(choices)), format_func=choices.__getitem__, key=f"explore_{which}_{group}")
+        changes = views.feature_changes(run.dataset, x_clean[sel], x_adv[sel])
+        left, right = st.columns([3, 2])
+        left.dataframe(changes, hide_index=True, width="stretch", key=f"changes_{which}_{group}")
+        right.plotly_chart(figures.feature_change_figure(changes.head(12), title="the largest changes"),
+                           width="stretch", key=f"changes_fig_{which}_{group}")
+        continue
     if not run.dataset.is_image:
         st.dataframe(pd.DataFrame({"input": [np.round(v, 3).tolist() for v in x_clean],
                                    "adversarial": [np.round(v, 3).tolist() for v in x_adv],

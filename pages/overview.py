@@ -3,6 +3,7 @@ import streamlit as st
 from dashboard import state
 from mia_core import experiment as ex
 from mia_core import figures, views
+from mia_core.config import TABLE_DEMO
 
 st.title("Membership Leakage Explorer")
 left, right = st.columns([3, 2])
@@ -23,6 +24,14 @@ with left:
         except state.RUN_ERRORS as err:
             state.show_error(err)
     st.caption("Demo: " + views.describe(ex.DEFAULT_CONFIG) + ". Data: scikit-learn's 8x8 digits, bundled.")
+    if st.button("Run the table demo", key="demo_table",
+                 help="Was this patient in the training set? " + views.describe(TABLE_DEMO) +
+                      ": scikit-learn's breast-cancer table (569 patients, 30 features), bundled."):
+        try:
+            state.run_with_progress(TABLE_DEMO, "Training the table demo model")
+        except state.RUN_ERRORS as err:
+            state.show_error(err)
+    st.page_link("pages/audit.py", label="Audit your own model (ONNX) on your own data", icon=":material/upload:")
 with right:
     st.plotly_chart(figures.schematic_figure(), width="stretch")
 
@@ -34,6 +43,8 @@ if run is None:
 rec = run.record
 head = views.headline(rec)
 st.subheader("Headline — " + views.run_label(rec, state.run_names().get(run.run_id)))
+if note := views.audit_note(rec):
+    st.info(state.plain(note), icon=":material/fact_check:")
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("test accuracy", f"{head.test_accuracy:.3f}", help=views.METRIC_HELP["test accuracy"])
 c2.metric("train accuracy", f"{head.train_accuracy:.3f}", help=views.METRIC_HELP["train accuracy"])

@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-PAGES = ["Overview", "Experiment", "Distances", "Attacks", "Defenses", "Playground", "Export"]
+PAGES = ["Overview", "Experiment", "Audit your model", "Distances", "Attacks", "Defenses", "Playground", "Export"]
 
 if not Path(CHROMIUM).exists():
     if os.environ.get("CI"):
@@ -107,3 +107,38 @@ def test_demo_and_every_page_in_chromium(server):
                 page.screenshot(path=str(Path(shots) / f"{name.lower()}.png"), full_page=True)
         browser.close()
     assert not page_errors, page_errors
+
+
+def test_an_onnx_model_uploaded_in_chromium_is_audited(server, tmp_path):
+    """Issue 11: a model exported with torch.onnx.export and its CSV, uploaded through the real browser."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from user_files import onnx_for_table, patients_csv
+
+    csv = tmp_path / "patients.csv"
+    patients_csv(csv)
+    blob, _, _, _ = onnx_for_table(csv)
+    model = tmp_path / "clinic.onnx"
+    model.write_bytes(blob)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(server, wait_until="networkidle")
+        page.get_by_role("link", name="Audit your model").first.click()
+        _settle(page)
+        inputs = page.locator('input[type="file"]')
+        inputs.nth(0).set_input_files(str(csv))
+        _settle(page)
+        inputs.nth(1).set_input_files(str(model))
+        _settle(page)
+        page.get_by_role("button", name="Audit", exact=True).click()
+        page.get_by_text("Audited on").first.wait_for(timeout=300_000)
+        _settle(page)
+        _no_exception(page, "Audit your model")
+        page.get_by_role("link", name="Distances").first.click()
+        _settle(page)
+        _no_exception(page, "Distances of the audit")
+        assert page.get_by_text("at the boundary").count() >= 1
+        page.get_by_role("link", name="Overview").first.click()
+        _settle(page)
+        assert page.get_by_text("Your model: clinic.onnx").count() >= 1
+        browser.close()

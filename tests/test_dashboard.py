@@ -244,3 +244,49 @@ def test_the_label_only_search_bounds_a_cnn_forward_pass(trained_cnn, digits):
     r = label_only_distance(spy, x, digits.y[split.nonmembers[:256]], max_queries=600)
     assert np.isfinite(r.norms).mean() > 0.9
     assert max(spy.rows) <= CONV_ROWS_PER_CALL < 256 * 64  # a probe round used to be one 256 x 128 batch
+
+
+def test_an_onnx_model_and_a_table_uploaded_in_the_app_are_audited(app, tmp_path):
+    """Issue 11: upload an ONNX model and its CSV, pick the membership column, audit; the run opens everywhere,
+    its scores are the torch original's, and the tabular explorer shows which features had to change."""
+    from user_files import onnx_for_table, patients_csv
+
+    csv = tmp_path / "patients.csv"
+    frame = patients_csv(csv)
+    blob, net, x, y = onnx_for_table(csv)
+    at = app("pages/audit.py")
+    assert at.button(key="audit_run").disabled
+    at.file_uploader(key="audit_data").set_value(("patients.csv", csv.read_bytes(), "text/csv")).run()
+    at.file_uploader(key="audit_model").set_value(("clinic.onnx", blob, "application/octet-stream")).run()
+    assert at.selectbox(key="audit_member_column").value == "member"
+    at.selectbox(key="audit_label_column").set_value("diagnosis")
+    at.selectbox(key="audit_id_column").set_value("patient_id")
+    at.toggle(key="audit_fast").set_value(True).run()
+    at.button(key="audit_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert "Audited on" in at.success[0].value
+    run = ex.list_runs(tmp_path)[0]
+    assert run.record.audit.model_kind == "onnx" and run.record.n_members == frame.member.sum()
+    assert run.record.config.model == "your model: clinic"
+    # the same loss scores as the torch model, sample by sample
+    opened = ex.load_run(run.run_id, store=tmp_path)
+    g = opened.table["members"]
+    with torch.no_grad():
+        logp = torch.log_softmax(net(torch.from_numpy(x[g.index])).double(), 1).numpy()
+    np.testing.assert_allclose(g.scores["loss"], logp[np.arange(len(g.index)), g.label], atol=1e-4)
+    at.switch_page("pages/overview.py").run()
+    assert any("Your model: clinic.onnx" in i.value and "input box" in i.value for i in at.info), [i.value for i in at.info]
+    at.switch_page("pages/distances.py").run()
+    assert not at.exception
+    changes = [d.value for d in at.dataframe if "at the boundary" in d.value.columns][0]
+    assert {"feature", "value", "at the boundary", "change"} <= set(changes.columns) and len(changes) >= 1
+    assert changes["feature"].iloc[0] in frame.columns
+    assert "mean radius" in changes["feature"].tolist() or len(changes) < 30  # in the table's own names
+    # a bad upload: a clear message and nothing stored
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    at.switch_page("pages/audit.py").run()
+    at.file_uploader(key="audit_data").set_value(("patients.csv", csv.read_bytes(), "text/csv")).run()
+    at.file_uploader(key="audit_model").set_value(("clinic.onnx", b"not a model", "application/octet-stream")).run()
+    at.button(key="audit_run").click().run()
+    assert "not an ONNX model" in at.error[0].value
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and "upload" not in p.name} == before

@@ -1,0 +1,78 @@
+import tempfile
+
+import streamlit as st
+
+from dashboard import state
+from dashboard.forms import field_input
+from mia_core import views
+from mia_core.config import ExperimentConfig
+from mia_core.user_audit import audit_upload
+from mia_core.user_data import likely_id_column, likely_label_column, upload_columns
+from mia_core.user_models import max_upload_bytes
+
+FAST_PRESET = {"label_only_queries": 200, "lira_shadows": 4, "reference_scored": 200, "bootstrap_rounds": 50}
+NONE = "(none)"
+
+st.title("Audit your own model")
+st.caption(
+    "Upload a trained classifier as **ONNX** and the data it was trained on, say who was in training, and get the "
+    "same audit as a run trained here. The ONNX file is parsed as a protocol buffer, never unpickled, converted to "
+    "torch with onnx2torch and refused unless it agrees with ONNX Runtime on your data. Reference-model attacks "
+    "(LiRA, RMIA) need your architecture's code: use `mia-core audit --model-factory` or `mia_core.audit(...)` "
+    f"for them. Uploads up to {max_upload_bytes() / 2**20:.0f} MB; nothing is kept unless the audit succeeds.")
+
+c1, c2 = st.columns(2)
+data = c1.file_uploader("your data: a table (.csv, .parquet), a .zip of an image folder (one sub-folder per class), "
+                        "or an .npz of arrays x and y", type=["csv", "tsv", "parquet", "zip", "npz"],
+                        key="audit_data")
+model = c2.file_uploader("your model (.onnx)", type=["onnx"], key="audit_model")
+
+label_column = membership_column = id_column = None
+if data is not None and data.name.lower().endswith((".csv", ".tsv", ".parquet")):
+    try:
+        with tempfile.TemporaryDirectory(prefix="mia-columns-") as work:
+            columns = upload_columns(data.getvalue(), data.name, work)
+    except state.RUN_ERRORS as err:
+        state.show_error(err)
+        st.stop()
+    a, b, c = st.columns(3)
+    label_column = a.selectbox("label column", columns, key="audit_label_column",
+                               index=columns.index(likely_label_column(columns)))
+    membership_column = b.selectbox("membership column (1 = in training)", [NONE, *columns], key="audit_member_column",
+                                    index=1 + columns.index("member") if "member" in columns else 0)
+    guess = likely_id_column(columns)
+    id_column = c.selectbox("id column", [NONE, *columns], key="audit_id_column",
+                            index=1 + columns.index(guess) if guess else 0)
+ids_file = st.file_uploader("…or a file of member ids, one per line (a table's id column or row numbers, an image's "
+                            "path inside the .zip, an .npz's row numbers)", type=["txt", "csv"], key="audit_ids")
+
+with st.expander("Input box, reference pool and attack cost"):
+    b1, b2, b3 = st.columns(3)
+    low = b1.number_input("inputs' low bound", value=0.0, key="audit_low",
+                          help="Your data is read scaled to [0, 1] and mapped linearly to the box your model expects "
+                               "(e.g. 0..255 for raw pixels); every distance is measured in that box.")
+    high = b2.number_input("inputs' high bound", value=1.0, key="audit_high")
+    share = b3.slider("share of the non-members used as the attacker's reference pool", 0.1, 0.9, 0.5, 0.05,
+                      key="audit_share")
+    fast = st.toggle("fast preset", key="audit_fast", help="; ".join(f"{k} {v}" for k, v in FAST_PRESET.items()))
+    d = ExperimentConfig()
+    k1, k2, k3 = st.columns(3)
+    cost = {name: field_input(col, name, FAST_PRESET[name] if fast else getattr(d, name), key=f"audit_{name}_{fast}")
+            for col, name in zip((k1, k2, k3), ("label_only_queries", "reference_scored", "bootstrap_rounds"))}
+    method = field_input(st, "distance_method", d.distance_method, key="audit_method")
+
+if st.button("Audit", type="primary", key="audit_run", disabled=data is None or model is None):
+    try:
+        member_ids = (ids_file.getvalue().decode("utf-8", errors="replace").split() if ids_file is not None else None)
+        config = ExperimentConfig(distance_method=method, **cost)
+        run = state.with_progress("Auditing your model", lambda progress: audit_upload(
+            data.getvalue(), data.name, model.getvalue(), model.name, label_column=label_column,
+            membership_column=None if membership_column in (None, NONE) else membership_column,
+            id_column=None if id_column in (None, NONE) else id_column, member_ids=member_ids,
+            bounds=(float(low), float(high)), reference_share=share, config=config, store=state.store(),
+            progress=progress))
+        st.success(f"Audited on {run.record.n_members} members and {run.record.n_nonmembers} non-members: open "
+                   "**Overview**, **Distances** or **Attacks**.")
+        st.caption(state.plain(views.audit_note(run.record)))
+    except state.RUN_ERRORS as err:
+        state.show_error(err)
