@@ -60,6 +60,11 @@ def report_html(run, *, family=None) -> str:
     parts.append(f"<h2>Setup</h2><table class=t>{setup}</table><p>{rec.n_members} members, {rec.n_nonmembers} "
                  f"non-members, {rec.n_reference_scored} reference samples scored; train accuracy "
                  f"{rec.train_accuracy:.3f}, test accuracy {rec.test_accuracy:.3f}.</p>")
+    if note := views.audit_note(rec):
+        parts.append(f"<p>{html.escape(note)}</p>")
+    if unavailable := {a: why for a, why in rec.unavailable.items()}:
+        parts.append("<p class=sub>Not measured here: " + html.escape("; ".join(
+            f"{views.attack_title(a)} ({why})" for a, why in unavailable.items())) + ".</p>")
     parts.append(f"<h2>Headline</h2><p>Highest attack AUC {head.auc:.3f} ({html.escape(views.attack_title(head.best_attack))}"
                  f", picked on this evaluation: an optimistic choice), its TPR at 1% FPR {head.tpr_at_1pct_fpr:.3f}.</p>")
     if note := views.privacy_summary(rec):

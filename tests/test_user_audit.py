@@ -80,6 +80,11 @@ def test_a_user_architecture_is_audited_in_its_own_box(user_setup, store):
     again = load_run(run.run_id, store=store)
     assert again.model is None and again.dataset.bounds == (-2.0, 2.0)
     np.testing.assert_array_equal(again.scores("distance_l2", "members"), run.scores("distance_l2", "members"))
+    from mia_core.report import report_html
+
+    page = report_html(again)
+    assert "Your model: ResidualMLP (a Python nn.Module)" in page and "input box [-2, 2]" in page
+    assert "Not measured here" in page and "needs reference models of the audited architecture" in page
     assert mia_core.audit(net, members, nonmembers, bounds=(-2, 2), name="ResidualMLP", config=FAST,
                           store=store).reused
 
