@@ -238,6 +238,11 @@ def test_the_cli_audits_a_csv_with_a_users_factory(patients, tmp_path, capsys, m
         assert main(argv) == 2
         assert message in capsys.readouterr().err
     assert {p: p.read_bytes() for p in store.rglob("*") if p.is_file()} == before
+    # the same factory trains a run of the product on an embedded table (its shadows are copies of it)
+    assert main(["run", "--dataset", "breast_cancer", "--members", "100", "--epochs", "20", "--model-factory",
+                 "clinic_models:mlp", "--store", str(store), *FAST_FLAGS]) == 0
+    trained = [r for r in list_runs(store) if r.record.audit is None][0].record
+    assert trained.config.model == "factory:clinic_models:mlp" and trained.attacks["lira_online"].defined
 
 
 def test_breast_cancer_is_embedded_and_runs_with_the_table_models(tmp_path):
