@@ -15,6 +15,7 @@ PAGES = [
     st.Page("pages/defenses.py", title="Defenses", icon=":material/shield:"),
     st.Page("pages/playground.py", title="Playground", icon=":material/school:"),
     st.Page("pages/export.py", title="Export", icon=":material/download:"),
+    st.Page("pages/jobs.py", title="Jobs", icon=":material/pending_actions:"),
 ]
 
 try:
@@ -22,4 +23,6 @@ try:
 except ValueError as err:  # the store is misconfigured ($MIA_STORE names a file)
     state.show_error(err)
     st.stop()
+with st.sidebar:
+    state.job_panel()  # the background job this session follows, on every page
 st.navigation(PAGES).run()

@@ -10,6 +10,8 @@ from mia_core import experiment as ex
 from mia_core import views
 from mia_core.attacks import ATTACKS
 from mia_core.config import ExperimentConfig
+from mia_core.jobs import Job, JobQueue, Status
+from mia_core.limits import Limits
 from mia_core.metrics import roc_band, roc_points
 from mia_core.store import Store, StoreError
 
@@ -55,7 +57,11 @@ def set_current(run_id: str) -> None:
 
 
 def current_run() -> ex.RunResult | None:
-    """The run chosen in this session (or shared in the URL), if it is a finished run in the store."""
+    """The run chosen in this session (or shared in the URL), if it is a finished run in the store; a followed
+    background job that has finished makes its run the current one."""
+    if (job := followed_job()) is not None and job.status is Status.DONE and job.run_id:
+        _stop_following()
+        set_current(job.run_id)
     rid = st.query_params.get("run") or st.session_state.get("run")
     if not rid:
         return None
@@ -106,6 +112,75 @@ def with_progress(label: str, work) -> ex.RunResult:
     return result
 
 
+@st.cache_resource(show_spinner=False)
+def job_queue(root: str) -> JobQueue:
+    """The server's job queue for a store: one per process, shared by every session."""
+    return JobQueue(Store(root))
+
+
+def submit(config: ExperimentConfig, label: str, *, follow: bool = True) -> Job | None:
+    """Start `config` in the background (a job; identical requests share one), within the server's limits.
+    A configuration already in the store opens at once instead (None is returned). With `follow`, the sidebar
+    follows the job and opens its run when it is done."""
+    config.validate()
+    Limits.from_env().check(config)
+    ex.check_checkpoint(config)  # a file that does not fit is refused now, not in the background
+    if follow and (rid := ex.stored_run_id(config, store())) is not None:
+        set_current(rid)
+        return None
+    guess = views.estimate_seconds(config, [r.record for r in all_runs()]).seconds
+    job = job_queue(str(store().root)).submit(config, label=label, estimate=guess)
+    if follow:
+        st.session_state["job"] = job.id
+        st.query_params["job"] = job.id
+    return job
+
+
+def followed_job() -> Job | None:
+    jid = st.query_params.get("job") or st.session_state.get("job")
+    return job_queue(str(store().root)).get(jid) if jid else None
+
+
+def _stop_following() -> None:
+    st.session_state.pop("job", None)
+    if "job" in st.query_params:
+        del st.query_params["job"]
+
+
+def job_panel() -> None:
+    """The sidebar's view of the job this session follows: live stage, progress, times and Cancel; when it is
+    done, its run becomes the current one. Polls every second only while a job is followed."""
+    job = followed_job()
+    if job is None:
+        return
+
+    def panel() -> None:
+        job = followed_job()
+        if job is None:
+            return
+        if job.status is Status.DONE and job.run_id:
+            _stop_following()
+            set_current(job.run_id)
+            st.rerun(scope="app")
+        box = st.container(border=True)
+        box.markdown(f"**{plain(job.label or 'job')}**: {job.status.value}")
+        if job.status.active:
+            box.progress(min(max(job.fraction, 0.0), 1.0), text=plain(job.stage or "waiting for a free worker"))
+            left = views.format_seconds(job.remaining) if job.remaining is not None else "unknown"
+            box.caption(f"{views.format_seconds(job.elapsed)} so far; left: {left}. Leaving or reloading the page "
+                        "loses nothing (Jobs page).")
+            if box.button("Cancel", key="job_cancel"):
+                job_queue(str(store().root)).cancel(job.id)
+                st.rerun(scope="app")
+        else:
+            box.error(plain(job.error or job.status.value))
+            if box.button("Dismiss", key="job_dismiss"):
+                _stop_following()
+                st.rerun(scope="app")
+
+    st.fragment(panel, run_every=1.0 if job.status.active else None)()
+
+
 def require_run() -> ex.RunResult:
     """The current run, or a prompt to create one (and stop the page)."""
     run = current_run()
@@ -115,7 +190,7 @@ def require_run() -> ex.RunResult:
         st.info(f"No run is open yet. Run the demo ({views.describe(ex.DEFAULT_CONFIG)}; {when}) or choose an "
                 "experiment on the Experiment page.")
         if st.button("Run the demo", type="primary", key="demo_inline"):
-            run_with_progress(ex.DEFAULT_CONFIG, "Training the demo model")
+            submit(ex.DEFAULT_CONFIG, "the demo")
             st.rerun()
         st.stop()
     return run

@@ -12,7 +12,8 @@ from . import views
 from .config import ExperimentConfig, Stage
 from .data import DATASETS, DatasetError, download_dataset
 from .defenses import DEFENSES
-from .experiment import collect_garbage, repair_store, run_experiment, scan_store
+from .experiment import collect_garbage, repair_store, scan_store
+from .jobs import JobQueue, run_attached
 from .metrics import FPR_LEVELS
 from .records import RunRecord
 from .store import DEFAULT_FOLDER, STORE_ENV, Store, write_json
@@ -133,7 +134,7 @@ def _check_out(out: str | None) -> Path | None:
 def cmd_run(a: argparse.Namespace) -> int:
     cfg = config_from_args(a)
     out = _check_out(a.out)
-    result = run_experiment(cfg, store=Store.resolve(a.store), progress=LineProgress())
+    result = run_attached(cfg, Store.resolve(a.store), LineProgress())  # joins the app's job if one computes it
     if result.reused:
         print(f"reused the stored run {result.eval_dir}", file=sys.stderr)
     if out:
@@ -194,6 +195,20 @@ def cmd_audit(a: argparse.Namespace) -> int:
         result.frame().to_csv(out / "per_sample.csv", index=False)
     print(format_table(result.record))
     print(f"\nstored in {result.eval_dir}")
+    return 0
+
+
+def cmd_jobs(a: argparse.Namespace) -> int:
+    """List the store's background jobs (the app's and the CLI's), or cancel one."""
+    queue = JobQueue(Store.resolve(a.store))
+    if a.cancel:
+        job = queue.cancel(a.cancel)
+        if job is None:
+            raise ValueError(f"No job '{a.cancel}' in this store.")
+        print(f"{job.id}: {job.status.value}")
+        return 0
+    frame = views.jobs_frame(queue.jobs())
+    print("no jobs" if frame.empty else frame.drop(columns=["error"]).to_string(index=False))
     return 0
 
 
@@ -344,6 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(aud, only=("epochs", "batch_size", "lr", "weight_decay", "optimizer", "seed", "device",
                              *ExperimentConfig.stage_fields(Stage.EVALUATION)))
     aud.set_defaults(func=cmd_audit)
+    jobs = sub.add_parser("jobs", help="list the background jobs of the store (the app's and the CLI's), or cancel one")
+    jobs.add_argument("--store", default=None, help=f"store folder (default: ${STORE_ENV} or ./{DEFAULT_FOLDER})")
+    jobs.add_argument("--cancel", metavar="JOB", default=None, help="stop a queued or running job")
+    jobs.set_defaults(func=cmd_jobs)
     runs = sub.add_parser("runs", help="list the runs in the store")
     runs.add_argument("--store", default=None, help=f"store folder (default: ${STORE_ENV} or ./{DEFAULT_FOLDER})")
     runs.add_argument("--json", action="store_true", help="print the summaries (and damaged runs) as JSON")

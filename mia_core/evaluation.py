@@ -240,10 +240,11 @@ class GroupScoring:
             folder = self._label_only_folder(name)
             r = _read_label_only(folder) if folder is not None else None
             if r is None:
-                self._progress(f"label-only search ({name})", 0.0)
+                stage = f"label-only search ({name}, by queries spent)"
+                self._progress(stage, 0.0)
                 r = label_only_distance(self.model, self.x, self.y, norm=norm,
                                         max_queries=self.config.label_only_queries, seed=self.config.seed,
-                                        bounds=self.box)
+                                        bounds=self.box, progress=lambda f: self._progress(stage, f))
                 if folder is not None:
                     discard_folder(folder)
                     with atomic_folder(folder) as tmp:

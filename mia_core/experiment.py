@@ -187,6 +187,31 @@ def run_experiment(
     return _assemble(st, config, eval_dir, ds, model, split, reused)
 
 
+def check_checkpoint(config: ExperimentConfig) -> None:
+    """Refuse, before any work, a checkpoint that cannot be read or does not fit the configured architecture
+    (CheckpointError names why)."""
+    if not config.checkpoint:
+        return
+    ds = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
+    model = build_model(config.model, ds.input_shape, ds.num_classes, width=config.width,
+                        dropout=config.effective_training()[1])
+    load_weights(model, read_state_dict(config.checkpoint))
+
+
+def stored_run_id(config: ExperimentConfig, store: Store | str | Path | None = None) -> str | None:
+    """The id of `config`'s finished, intact run in the store, or None when it would have to be computed."""
+    st = Store.resolve(store)
+    try:
+        ds = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
+    except ValueError:
+        return None
+    key = train_key(config, ds)
+    eval_dir = st.eval_dir(key, config.eval_key())
+    if eval_dir.is_dir() and folder_problem(eval_dir) is None and folder_problem(eval_dir.parent) is None:
+        return Store.run_id(eval_dir)
+    return None
+
+
 def _assemble(st: Store, config, eval_dir: Path, ds, model, split, reused: bool) -> RunResult:
     record = RunRecord.from_json(read_json(eval_dir / "summary.json"))
     table = ScoreTable.from_npz(eval_dir / "scores.npz")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -85,6 +86,7 @@ def label_only_distance(
     batch_size: int = 256,
     seed: int = 0,
     bounds: Box | tuple[float, float] | None = None,
+    progress: Callable[[float], None] | None = None,
 ) -> LabelOnlyResult:
     """Per-sample distance to the boundary from label queries only, within `max_queries` queries a sample.
 
@@ -99,7 +101,7 @@ def label_only_distance(
     if not box.is_unit:
         view, u = unit_view(model, x, box)
         r = label_only_distance(view, u, y, norm=norm, max_queries=max_queries, probes=probes,
-                                search_steps=search_steps, batch_size=batch_size, seed=seed)
+                                search_steps=search_steps, batch_size=batch_size, seed=seed, progress=progress)
         was_training = model.training
         model.eval()
         dev = model_device(model)
@@ -118,14 +120,17 @@ def label_only_distance(
     for s in range(0, len(x), batch_size):
         xb = x[s : s + batch_size].to(device, torch.float32)
         yb = y_all[s : s + batch_size]
-        r = _search_batch(model, oracle_model, xb, yb, norm, max_queries, probes, search_steps, gen)
+        done = s / max(len(x), 1)
+        share = len(xb) / max(len(x), 1)
+        report = None if progress is None else (lambda spent, done=done, share=share: progress(done + share * spent))
+        r = _search_batch(model, oracle_model, xb, yb, norm, max_queries, probes, search_steps, gen, report)
         norms.append(r[0]), succ.append(r[1]), advs.append(r[2]), queries.append(r[3])
     model.train(was_training)
     return LabelOnlyResult(np.concatenate(norms), np.concatenate(succ), torch.cat(advs).to(x.device),
                            np.concatenate(queries))
 
 
-def _search_batch(model, oracle_model, x, y, p, max_queries, probes, search_steps, gen):
+def _search_batch(model, oracle_model, x, y, p, max_queries, probes, search_steps, gen, report=None):
     n, dim = len(x), x[0].numel()
     oracle = _Oracle(oracle_model, n, x.device)
     everyone = torch.arange(n, device=x.device)
@@ -151,6 +156,8 @@ def _search_batch(model, oracle_model, x, y, p, max_queries, probes, search_step
         n_probe = int(min(probes * math.sqrt(t), 4 * probes))
         cost = n_probe + 10 + search_steps
         act = act & (oracle.count + cost <= max_queries)
+        if report is not None:  # the share of the batch's query budget spent or given up
+            report(float(torch.where(act, oracle.count, max_queries).float().mean()) / max_queries)
         if not act.any():
             break
         idx = everyone[act]

@@ -86,7 +86,9 @@ def check_classifier(model: nn.Module, x: torch.Tensor, num_classes: int) -> int
 
 def max_upload_bytes() -> int:
     """The largest model file accepted (MIA_MAX_UPLOAD_MB, 200 MB by default)."""
-    return int(float(os.environ.get("MIA_MAX_UPLOAD_MB", "200")) * 2**20)
+    from .limits import Limits
+
+    return int(Limits.from_env().max_upload_mb * 2**20)
 
 
 @dataclass(frozen=True)

@@ -382,3 +382,17 @@ def feature_changes(dataset, x: np.ndarray, x_adv: np.ndarray, *, top: int | Non
     frame = frame[np.abs(frame["change (share of range)"]) > 1e-6]
     frame = frame.reindex(frame["change (share of range)"].abs().sort_values(ascending=False).index)
     return (frame.head(top) if top else frame).reset_index(drop=True)
+
+
+def jobs_frame(jobs) -> pd.DataFrame:
+    """The Jobs page's table: one row per job, newest first."""
+    rows = []
+    for j in jobs:
+        remaining = j.remaining
+        rows.append({"job": j.label or j.id, "status": j.status.value, "stage": j.stage,
+                     "progress": f"{j.fraction:.0%}" if j.status.active else "",
+                     "elapsed": format_seconds(j.elapsed) if j.started else "",
+                     "left": "" if not j.status.active else format_seconds(remaining) if remaining is not None
+                     else "unknown",
+                     "joined by": j.attached, "error": j.error or "", "run": j.run_id or "", "id": j.id})
+    return pd.DataFrame(rows)

@@ -29,9 +29,10 @@ with st.expander("Train defended models", expanded=False):
         configs = [base.replace(defense=d, defense_strength=s, seed=seed)
                    for d, s in [("none", 0.0), *strengths.items()] for seed in range(seeds)]
         try:
-            for i, cfg in enumerate(configs, 1):
-                state.run_with_progress(cfg, f"[{i}/{len(configs)}] {cfg.defense} {cfg.defense_strength:g} "
-                                             f"seed {cfg.seed}", make_current=False)
+            jobs = [state.submit(cfg, f"{cfg.defense} {cfg.defense_strength:g} seed {cfg.seed}", follow=False)
+                    for cfg in configs]
+            st.success(f"{len(jobs)} runs queued in the background (the **Jobs** page shows them); the charts "
+                       "below include each one as it finishes.")
         except state.RUN_ERRORS as err:
             state.show_error(err)
     st.divider()
@@ -45,16 +46,16 @@ with st.expander("Train defended models", expanded=False):
             f"{len(todo)} of {len(preset)} runs to compute (no stored run to estimate from yet)")
     st.write("**Reproduce the papers' findings** on the embedded data (natural, PGD-AT, TRADES, MMD + mix-up, "
              f"DP-SGD; three seeds): {when}.")
-    if st.button("Run the reproduction preset", key="def_reproduce"):
-        bar = st.progress(0.0)
+    if todo and st.button("Run the reproduction preset", key="def_reproduce"):
         try:
-            st.session_state["reproduce_table"] = reproduce(
-                ex.DEFAULT_CONFIG, store=state.store(), executor="serial",
-                progress=lambda stage, f: bar.progress(min(f, 1.0), text=stage))
+            for c in todo:
+                state.submit(c, f"reproduce: {c.defense} seed {c.seed}", follow=False)
+            st.success(f"{len(todo)} runs queued in the background (the **Jobs** page shows them); the table "
+                       "appears here when they are all stored.")
         except state.RUN_ERRORS as err:
             state.show_error(err)
-    if "reproduce_table" in st.session_state:
-        st.markdown(st.session_state["reproduce_table"])
+    if not todo:  # every point is stored: the findings come from the store at once
+        st.markdown(reproduce(ex.DEFAULT_CONFIG, store=state.store(), executor="serial"))
 
 runs = state.all_runs()
 if not runs:

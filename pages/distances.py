@@ -19,7 +19,7 @@ method = c1.radio("search", list(SEARCHES), index=list(SEARCHES).index(run.confi
                        "search on the same trained model (once; then it is stored).")
 if method != run.config.distance_method:
     try:
-        state.run_with_progress(run.config.replace(distance_method=method), f"Computing {method} distances")
+        state.submit(run.config.replace(distance_method=method), f"{method} distances")
         st.rerun()
     except state.RUN_ERRORS as err:
         state.show_error(err)

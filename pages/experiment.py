@@ -56,8 +56,10 @@ st.caption(f"Estimated time: {views.format_seconds(estimate.seconds)} on this se
            "configuration opens at once.")
 if st.button("Train and score", type="primary", key="train"):
     try:
-        state.run_with_progress(config)
-        st.success("Done: open **Distances** or **Attacks** to see the results.")
+        if state.submit(config, views.describe(config)) is None:
+            st.success("Already in the store: it is the current run. Open **Distances** or **Attacks**.")
+        else:
+            st.rerun()
     except state.RUN_ERRORS as err:
         state.show_error(err)
 
@@ -82,9 +84,11 @@ with st.expander("Evaluate your own weights on this split instead of training"):
             else:
                 st.warning("Choose a file or give a path.")
             if target is not None:
-                run = state.run_with_progress(config.replace(checkpoint=str(target)), "Evaluating the checkpoint")
-                st.success(f"Checkpoint evaluated on {run.record.n_members} members and {run.record.n_nonmembers} "
-                           "non-members.")
+                ckpt = config.replace(checkpoint=str(target))
+                if state.submit(ckpt, f"checkpoint {target.name}") is None:
+                    st.success("This checkpoint was evaluated on this split before: it is the current run.")
+                else:
+                    st.rerun()
         except state.RUN_ERRORS as err:
             if stored is not None:
                 discard_unused_upload(state.store(), stored)  # keep only uploads that a run uses

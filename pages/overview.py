@@ -20,7 +20,8 @@ with left:
                  help=views.describe(ex.DEFAULT_CONFIG) + (f"; {views.format_seconds(guess.seconds)}, {guess.basis}"
                                                            if guess.seconds is not None else "")):
         try:
-            state.run_with_progress(ex.DEFAULT_CONFIG, "Training the demo model")
+            state.submit(ex.DEFAULT_CONFIG, "the demo")
+            st.rerun()
         except state.RUN_ERRORS as err:
             state.show_error(err)
     st.caption("Demo: " + views.describe(ex.DEFAULT_CONFIG) + ". Data: scikit-learn's 8x8 digits, bundled.")
@@ -28,7 +29,8 @@ with left:
                  help="Was this patient in the training set? " + views.describe(TABLE_DEMO) +
                       ": scikit-learn's breast-cancer table (569 patients, 30 features), bundled."):
         try:
-            state.run_with_progress(TABLE_DEMO, "Training the table demo model")
+            state.submit(TABLE_DEMO, "the table demo")
+            st.rerun()
         except state.RUN_ERRORS as err:
             state.show_error(err)
     st.page_link("pages/audit.py", label="Audit your own model (ONNX) on your own data", icon=":material/upload:")
@@ -37,7 +39,11 @@ with right:
 
 run = state.current_run()
 if run is None:
-    st.info("Press **Run the demo**, or set up your own model on the **Experiment** page.")
+    if (job := state.followed_job()) is not None and job.status.active:
+        st.info(f"Computing {state.plain(job.label)} in the background (progress in the sidebar); the results "
+                "appear here when it is done.")
+    else:
+        st.info("Press **Run the demo**, or set up your own model on the **Experiment** page.")
     st.stop()
 
 rec = run.record

@@ -1,3 +1,4 @@
+import time
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +56,18 @@ def snapshot():
 
 def rng(seed=0):
     return np.random.default_rng(seed)
+
+
+def finish_jobs(at, store, timeout=600):
+    """Wait until the store's background jobs have ended, then rerun the app so that the job the session
+    follows opens its run (as the sidebar does in a browser)."""
+    from mia_core.jobs import JobQueue
+
+    queue = JobQueue(store)
+    deadline = time.monotonic() + timeout
+    while any(j.status.active for j in queue.jobs()):
+        assert time.monotonic() < deadline, [(j.label, j.status, j.stage) for j in queue.jobs()]
+        time.sleep(0.25)
+    at.run()
+    at.run()
+    return at

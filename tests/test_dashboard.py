@@ -18,6 +18,8 @@ from mia_core.metrics import roc_points
 from mia_core.models import build_model
 from mia_core.store import Store
 
+from conftest import finish_jobs
+
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ex.ExperimentConfig(width=64, members=120, epochs=10, bootstrap_rounds=20, reference_scored=60,
                            distance_method="deepfool", lira_shadows=2, label_only_queries=100)
@@ -59,9 +61,10 @@ def test_a_checkpoint_is_evaluated_on_the_split_the_user_set(app, tmp_path):
     at.file_uploader(key="ckpt_upload").upload("mine.pt", buf.getvalue()).run()
     at.button(key="ckpt_evaluate").click().run()
     assert not at.exception, at.exception
+    finish_jobs(at, tmp_path)
     runs = ex.list_runs(tmp_path)
     assert [r.record.n_members for r in runs] == [300]
-    assert any("300 members" in s.value for s in at.success)
+    assert at.query_params["run"] == runs[0].run_id
     assert "checkpoint" in views.describe(runs[0].record.config)
     frame = views.runs_frame(runs)
     assert views.defense_families(frame).empty  # a checkpoint never poses as a trained configuration

@@ -1,0 +1,169 @@
+"""Background jobs: they outlive the page, identical requests compute once, Cancel and dead workers leave the
+store clean, a resubmission resumes, the CLI joins the app's job, and the operator's limits refuse."""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+from pathlib import Path
+
+from mia_core import experiment as ex
+from mia_core.jobs import JobQueue, Status, job_id, run_attached
+from mia_core.limits import LimitError, Limits
+
+FAST = ex.ExperimentConfig(width=64, members=120, epochs=10, bootstrap_rounds=20, reference_scored=60,
+                           distance_method="deepfool", lira_shadows=2, label_only_queries=100)
+ROOT = Path(__file__).resolve().parents[1]
+SLOW = FAST.replace(members=300, epochs=200, label_only_queries=3000, lira_shadows=8)  # tens of seconds
+
+
+def _wait_for_stage(queue, jid, words, timeout=180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = queue.get(jid)
+        if job.status is Status.RUNNING and any(w in job.stage for w in words):
+            return job
+        assert job.status.active, (job.status, job.error)
+        time.sleep(0.1)
+    raise AssertionError(f"job never reached {words}: {queue.get(jid)}")
+
+
+def _temporaries(store):
+    return [p for p in store.rglob(".tmp-*")]
+
+
+def test_identical_requests_compute_once_and_the_next_job_waits_for_a_slot(tmp_path):
+    queue = JobQueue(tmp_path, max_jobs=1)
+    first = queue.submit(FAST, label="first")
+    again = queue.submit(FAST, label="again")  # another session pressing the same button
+    other = queue.submit(FAST.replace(seed=1), label="other")
+    assert again.id == first.id and again.attached == 1
+    assert other.status is Status.QUEUED  # one slot: it waits
+    assert len(queue._processes) == 1  # one worker started, not two
+    for j in (first, other):
+        assert queue.wait(j.id, timeout=300).status is Status.DONE
+    runs = ex.list_runs(tmp_path)
+    assert len(runs) == 2 and {r.run_id for r in runs} == {queue.get(first.id).run_id, queue.get(other.id).run_id}
+    done = queue.get(first.id)
+    assert done.fraction == 1.0 and done.elapsed > 0 and done.remaining == 0.0
+
+
+def test_cancel_stops_the_worker_and_leaves_no_partial_run(tmp_path):
+    queue = JobQueue(tmp_path, max_jobs=1)
+    job = queue.submit(SLOW, label="slow")
+    running = _wait_for_stage(queue, job.id, ("training", "distances", "label-only"))
+    pid = running.pid
+    assert running.fraction >= 0.0 and pid
+    cancelled = queue.cancel(job.id)
+    assert cancelled.status is Status.CANCELLED
+    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(") ")[1][0] == "Z"
+    assert ex.list_runs(tmp_path) == [] and _temporaries(tmp_path) == []
+    assert queue.get(job.id).status is Status.CANCELLED  # stays cancelled, not "failed"
+
+
+def test_a_killed_worker_fails_the_job_and_a_resubmission_resumes_from_the_stored_stages(tmp_path):
+    queue = JobQueue(tmp_path, max_jobs=1)
+    job = queue.submit(SLOW, label="slow")
+    running = _wait_for_stage(queue, job.id, ("label-only", "shadow"))  # training is stored by now
+    trained = [p for p in tmp_path.iterdir() if (p / "model.safetensors").is_file()]
+    assert len(trained) == 1
+    manifest = (trained[0] / "MANIFEST.json").stat().st_mtime_ns
+    os.killpg(running.pid, signal.SIGKILL)  # out of memory, or an operator's kill
+    queue._processes.pop(job.id).wait()
+    failed = queue.get(job.id)
+    assert failed.status is Status.FAILED and "stopped before finishing" in failed.error
+    assert ex.list_runs(tmp_path) == []
+    again = queue.submit(SLOW.replace(lira_shadows=8), label="again")
+    assert again.id == job.id and again.status is Status.RUNNING
+    assert queue.wait(job.id, timeout=600).status is Status.DONE
+    assert (trained[0] / "MANIFEST.json").stat().st_mtime_ns == manifest  # the trained model was reused
+    assert len(ex.list_runs(tmp_path)) == 1
+
+
+def test_the_command_line_joins_the_apps_job_instead_of_computing_again(tmp_path):
+    queue = JobQueue(tmp_path, max_jobs=1)
+    job = queue.submit(FAST, label="from the app")
+    seen = []
+    result = run_attached(FAST, tmp_path, lambda stage, f: seen.append(stage))
+    assert queue.get(job.id).attached == 1 and queue.get(job.id).status is Status.DONE
+    assert result.run_id == queue.get(job.id).run_id and result.reused
+    assert any("started elsewhere" in s for s in seen)
+    # a job of the command line's own is listed for the app too, and a failed one leaves no trace
+    run_attached(FAST.replace(seed=2), tmp_path)
+    assert {j.label for j in queue.jobs()} == {"from the app", "command line"}
+
+
+def test_job_ids_ignore_runtime_fields_only():
+    assert job_id(FAST) == job_id(FAST.replace(device="cpu", data_dir="elsewhere"))
+    assert job_id(FAST) != job_id(FAST.replace(seed=1))
+
+
+def test_each_limit_refuses_with_its_name(monkeypatch):
+    for var, value, config, words in (
+        ("MIA_MAX_MEMBERS", "100", FAST, "members 120 is over this server's limit of 100 (MIA_MAX_MEMBERS)"),
+        ("MIA_MAX_EPOCHS", "5", FAST, "epochs 10 is over this server's limit of 5 (MIA_MAX_EPOCHS)"),
+        ("MIA_MODELS", "linear, mlp", FAST.replace(model="cnn"), "the model 'cnn' is not allowed"),
+        ("MIA_MAX_SHADOWS", "1", FAST, "2 shadow models is over this server's limit of 1 (MIA_MAX_SHADOWS)"),
+    ):
+        monkeypatch.setenv(var, value)
+        with pytest.raises(LimitError, match=words.replace("(", r"\(").replace(")", r"\)")):
+            Limits.from_env().check(config)
+        monkeypatch.delenv(var)
+        Limits.from_env().check(config)
+    monkeypatch.setenv("MIA_MAX_JOBS", "3")
+    assert Limits.from_env().max_jobs == 3
+    monkeypatch.setenv("MIA_MAX_JOBS", "many")
+    with pytest.raises(LimitError, match="MIA_MAX_JOBS='many' is not a number"):
+        Limits.from_env()
+
+
+def test_a_job_outlives_the_page_and_a_reload_finds_it(tmp_path, monkeypatch):
+    """Press the demo, leave for another page, reload the tab (a new session with the URL): the job is found,
+    listed on the Jobs page, and its run opens when it is done. Cancel on the Jobs page stops another."""
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import finish_jobs
+
+    monkeypatch.setenv("MIA_STORE", str(tmp_path))
+    monkeypatch.setattr(ex, "DEFAULT_CONFIG", SLOW.replace(epochs=40))
+    app = lambda: AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)  # noqa: E731
+    at = app().run()
+    at.button(key="demo").click().run()
+    jid = at.query_params["job"]
+    at.switch_page("pages/attacks.py").run()  # leaving the page does not stop it
+    assert JobQueue(tmp_path).get(jid).status.active
+    reloaded = app()
+    reloaded.query_params["job"] = jid
+    reloaded.run()
+    assert any("Computing the demo in the background" in i.value for i in reloaded.info)
+    reloaded.switch_page("pages/jobs.py").run()
+    table = [d.value for d in reloaded.dataframe if "status" in d.value.columns][0]
+    assert table["job"].tolist() == ["the demo"] and table["status"].iloc[0] in ("queued", "running")
+    finish_jobs(reloaded, tmp_path)
+    reloaded.switch_page("pages/overview.py").run()
+    assert reloaded.query_params["run"] == JobQueue(tmp_path).get(jid).run_id
+    assert any(m.label == "test accuracy" for m in reloaded.metric)
+    # the Jobs page's Cancel really stops a job
+    queue = JobQueue(tmp_path)
+    slow = queue.submit(SLOW.replace(seed=7), label="to cancel")
+    _wait_for_stage(queue, slow.id, ("training", "distances", "label-only", "starting"))
+    reloaded.switch_page("pages/jobs.py").run()
+    reloaded.selectbox(key="jobs_cancel_pick").set_value(slow.id)
+    reloaded.button(key="jobs_cancel").click().run()
+    assert queue.get(slow.id).status is Status.CANCELLED and _temporaries(tmp_path) == []
+
+
+def test_the_app_refuses_a_job_over_the_servers_limits(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("MIA_STORE", str(tmp_path))
+    monkeypatch.setenv("MIA_MAX_MEMBERS", "150")
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    at.switch_page("pages/experiment.py").run()
+    at.number_input(key="cfg_members").set_value(200)
+    at.button(key="train").click().run()
+    assert any("members 200 is over this server's limit of 150 (MIA_MAX_MEMBERS)" in e.value.replace("\\", "")
+               for e in at.error), [e.value for e in at.error]
+    assert JobQueue(tmp_path).jobs() == [] and ex.list_runs(tmp_path) == []
