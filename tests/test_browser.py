@@ -18,7 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-PAGES = ["Overview", "Experiment", "Audit your model", "Distances", "Attacks", "Defenses", "Playground", "Export"]
+PAGES = ["Overview", "Experiment", "Audit your model", "Distances", "Attacks", "Defenses", "Playground", "Export",
+         "Jobs"]
 
 if not Path(CHROMIUM).exists():
     if os.environ.get("CI"):
@@ -84,6 +85,8 @@ def test_demo_and_every_page_in_chromium(server):
         page.on("pageerror", lambda e: page_errors.append(str(e)))
         page.goto(server, wait_until="networkidle")
         page.get_by_role("button", name="Run the demo").first.click()
+        page.get_by_text("Computing the demo in the background").first.wait_for(timeout=60_000)
+        page.reload(wait_until="networkidle")  # a reload loses nothing: the job runs on, the URL names it
         page.get_by_text("Headline").first.wait_for(timeout=180_000)
         _settle(page)
         _no_exception(page, "Overview")
