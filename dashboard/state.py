@@ -149,7 +149,7 @@ def _stop_following() -> None:
 
 def job_panel() -> None:
     """The sidebar's view of the job this session follows: live stage, progress, times and Cancel; when it is
-    done, its run becomes the current one. Polls every second only while a job is followed."""
+    done, its run becomes the current one. Polls every two seconds, only while a job is followed."""
     job = followed_job()
     if job is None:
         return
@@ -178,7 +178,7 @@ def job_panel() -> None:
                 _stop_following()
                 st.rerun(scope="app")
 
-    st.fragment(panel, run_every=1.0 if job.status.active else None)()
+    st.fragment(panel, run_every=2.0 if job.status.active else None)()
 
 
 def require_run() -> ex.RunResult:

@@ -10,6 +10,7 @@ shadow models) is computed once, the first time an attack asks for it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import platform
@@ -79,13 +80,14 @@ class EvaluationInputs:
     shadows_unavailable: str | None = None  # why no shadow / reference models can be trained (a user's fixed model)
     audit: AuditInfo | None = None  # set when a user's own model is audited
 
-    def build_shadow(self) -> nn.Module:
-        """A fresh, untrained model of the target's architecture for the shadow / reference models."""
+    def shadow_factory(self) -> Callable[[], nn.Module]:
+        """What builds a fresh, untrained model of the target's architecture for the shadow / reference models
+        (picklable, so that Ray workers can call it)."""
         if self.shadow_builder is not None:
-            return self.shadow_builder()
+            return self.shadow_builder
         cfg, ds = self.config, self.dataset
-        return build_model(cfg.model, ds.input_shape, ds.num_classes, width=cfg.width,
-                           dropout=cfg.effective_training()[1])
+        return functools.partial(build_model, cfg.model, ds.input_shape, ds.num_classes, width=cfg.width,
+                                 dropout=cfg.effective_training()[1])
 
     def mask(self, logp: np.ndarray) -> np.ndarray:
         """The target API's output masking (config.output_mask)."""
@@ -129,10 +131,11 @@ class SharedWork:
                 digest = hashlib.sha256(np.ascontiguousarray(self.groups["reference"].index).tobytes()).hexdigest()
                 cache = i.stage_dir / f"shadows-{shadow_key(cfg.lira_shadows, cfg.seed, digest)}"
             self._shadows = shadow_set(
-                i.build_shadow,
+                i.shadow_factory(),
                 torch.from_numpy(ds.x[pool]).to(i.device), torch.from_numpy(ds.y[pool]).to(i.device),
                 n_models=cfg.lira_shadows, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=wd,
-                seed=cfg.seed, cache_dir=cache, progress=i.progress, population=population, optimizer=cfg.optimizer)
+                seed=cfg.seed, cache_dir=cache, progress=i.progress, population=population, optimizer=cfg.optimizer,
+                executor=cfg.shadow_executor, address=cfg.ray_address)
             self.shadow_seconds = time.perf_counter() - t0
         return self._shadows
 

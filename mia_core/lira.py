@@ -150,10 +150,15 @@ def shadow_set(
     progress=None,
     population: torch.Tensor | None = None,
     optimizer: str = "adam",
+    executor: str = "local",
+    address: str | None = None,
 ) -> ShadowSet:
     """`n_models` shadows on random halves of (x, y), trained `chunk` at a time, and their outputs on `population`
     (points none of them trained on, for RMIA). With `cache_dir`, each finished chunk is stored atomically and
-    reused, so an interrupted computation resumes; `cache_dir` must be specific to the population."""
+    reused, so an interrupted computation resumes; `cache_dir` must be specific to the population.
+    `executor="ray"` trains the missing chunks as Ray tasks (a local Ray instance, or the cluster at `address`,
+    one GPU per task where the data lives on a GPU); each chunk is written into the store as it arrives, so a
+    cluster run and a local run leave the same files and either resumes the other."""
     rng = np.random.default_rng(seed + 1000)
     n = len(x)
     half = n // 2
@@ -163,32 +168,75 @@ def shadow_set(
         perm = rng.permutation(n)
         subsets += [np.sort(perm[:half]), np.sort(perm[half : 2 * half])]
     subsets = np.array(subsets[:n_models])
-    parts, pop_parts = [], []
-    for c in range(0, n_models, chunk):
-        folder = cache_dir / f"chunk-{c // chunk:03d}" if cache_dir else None
-        stored = _read_chunk(folder) if folder is not None else None
-        if stored is None:
-            sub = torch.from_numpy(subsets[c : c + chunk]).to(x.device)
-            logp, pop = train_shadow_chunk(build, x, y, sub, epochs=epochs, batch_size=batch_size, lr=lr,
-                                           weight_decay=weight_decay, seed=seed + 7919 * (c + 1), population=population,
-                                           optimizer=optimizer)
-            logp, pop = logp.cpu().numpy(), np.zeros((len(sub), 0, logp.shape[-1])) if pop is None else pop.cpu().numpy()
-            if folder is not None:
-                discard_folder(folder)  # a damaged chunk is replaced
-                with atomic_folder(folder) as tmp:  # a unique temporary name: writers never collide
-                    np.savez(tmp / "logp.npz", logp=logp, population=pop)
-        else:
-            logp, pop = stored
-        parts.append(logp)
-        pop_parts.append(pop)
+    starts = list(range(0, n_models, chunk))
+    folders = {c: cache_dir / f"chunk-{c // chunk:03d}" if cache_dir else None for c in starts}
+    results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for c in starts:
+        if folders[c] is not None and (stored := _read_chunk(folders[c])) is not None:
+            results[c] = stored
+    todo = [c for c in starts if c not in results]
+    recipe = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, optimizer=optimizer)
+
+    def finished(c: int, logp: np.ndarray, pop: np.ndarray) -> None:
+        if folders[c] is not None:
+            discard_folder(folders[c])  # a damaged chunk is replaced
+            with atomic_folder(folders[c]) as tmp:  # a unique temporary name: writers never collide
+                np.savez(tmp / "logp.npz", logp=logp, population=pop)
+        results[c] = (logp, pop)
         if progress:
-            progress("shadow models (LiRA)", min(1.0, (c + chunk) / n_models))
+            progress("shadow models (LiRA)", len(results) / len(starts))
+
+    if executor == "ray" and todo:
+        _ray_chunks(build, x, y, population, subsets, chunk, todo, seed, recipe, address, finished)
+    else:
+        for c in todo:
+            sub = torch.from_numpy(subsets[c : c + chunk]).to(x.device)
+            finished(c, *_chunk_arrays(build, x, y, sub, population, seed + 7919 * (c + 1), recipe))
+    parts = [results[c][0] for c in starts]
+    pop_parts = [results[c][1] for c in starts]
     inside = np.zeros((n_models, n), dtype=bool)
     for i, sub in enumerate(subsets):
         inside[i, sub] = True
     pop_logp = np.concatenate(pop_parts)
     return ShadowSet(logp=np.concatenate(parts), inside=inside,
                      population_logp=pop_logp if pop_logp.shape[1] else None)
+
+
+def _chunk_arrays(build, x, y, sub, population, seed, recipe) -> tuple[np.ndarray, np.ndarray]:
+    """One chunk trained here: (log-probabilities on the pool, on the population) as arrays."""
+    logp, pop = train_shadow_chunk(build, x, y, sub, seed=seed, population=population, **recipe)
+    logp = logp.cpu().numpy()
+    return logp, np.zeros((len(sub), 0, logp.shape[-1])) if pop is None else pop.cpu().numpy()
+
+
+def _ray_chunk(build, x, y, sub, population, seed, recipe, device):
+    """A Ray task: one chunk on the worker's device (arrays in, arrays out)."""
+    dev = torch.device(device if device == "cpu" or torch.cuda.is_available() else "cpu")
+    as_tensor = lambda a: None if a is None else torch.from_numpy(a).to(dev)  # noqa: E731
+    return _chunk_arrays(build, as_tensor(x), as_tensor(y), as_tensor(sub), as_tensor(population), seed, recipe)
+
+
+def _ray_chunks(build, x, y, population, subsets, chunk, todo, seed, recipe, address, finished) -> None:
+    """Submit every missing chunk as a Ray task and store each one as it finishes."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        gpu = x.device.type == "cuda"
+        task = ray.remote(num_gpus=1 if gpu else 0, num_cpus=1)(_ray_chunk)
+        xs, ys = ray.put(x.cpu().numpy()), ray.put(y.cpu().numpy())
+        pop = ray.put(None if population is None else population.cpu().numpy())
+        pending = {task.remote(build, xs, ys, subsets[c : c + chunk], pop, seed + 7919 * (c + 1), recipe,
+                               x.device.type): c for c in todo}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            c = pending.pop(ready[0])
+            finished(c, *ray.get(ready[0]))
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def _read_chunk(folder: Path) -> tuple[np.ndarray, np.ndarray] | None:
