@@ -106,13 +106,16 @@ def test_config_fields_carry_stage_help_and_range():
     assert set(ExperimentConfig.stage_fields(Stage.EVALUATION)) == {
         "distance_method", "distance_steps", "reference_scored", "bootstrap_rounds", "label_only_queries",
         "lira_shadows", "rmia_gamma", "rmia_offline_a", "output_mask"}
-    assert set(ExperimentConfig.stage_fields(Stage.RUNTIME)) == {"data_dir", "device"}
+    assert set(ExperimentConfig.stage_fields(Stage.RUNTIME)) == {"data_dir", "device", "shadow_executor", "ray_address"}
     cfg = ExperimentConfig()
     # an evaluation field changes only the evaluation key; a training field only the training key
     assert cfg.replace(distance_method="deepfool").train_key("fp") == cfg.train_key("fp")
     assert cfg.replace(distance_method="deepfool").eval_key() != cfg.eval_key()
     assert cfg.replace(epochs=3).train_key("fp") != cfg.train_key("fp")
     assert cfg.replace(epochs=3).eval_key() == cfg.eval_key()
+    # where the work runs changes no key; a field added later changes the key only away from its default
+    assert cfg.replace(shadow_executor="ray", ray_address="auto").train_key("fp") == cfg.train_key("fp")
+    assert cfg.replace(optimizer="sgd").train_key("fp") != cfg.train_key("fp")
     assert cfg.replace(device="cpu").train_key("fp") == cfg.train_key("fp")
 
 

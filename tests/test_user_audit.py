@@ -155,3 +155,37 @@ def test_bad_user_input_is_refused_with_a_message_and_nothing_stored(user_setup,
 
 def not_a_model(input_shape, num_classes):
     return "a string"
+
+
+def test_an_audit_of_a_python_module_opens_on_every_page_and_the_table_demo_runs_from_the_app(
+        user_setup, tmp_path, monkeypatch):
+    """The run of a model the app cannot rebuild (its code is the user's) opens everywhere, labelled as the user's;
+    the table demo's button trains the breast-cancer model and its explorer shows feature changes."""
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    import mia_core.config as config_module
+    from conftest import finish_jobs
+
+    net, members, nonmembers = user_setup
+    run = mia_core.audit(net, members, nonmembers, bounds=(-2, 2), name="ResidualMLP", config=FAST, store=tmp_path)
+    monkeypatch.setenv("MIA_STORE", str(tmp_path))
+    app = str(Path(__file__).resolve().parents[1] / "app.py")
+    for page in ("pages/overview.py", "pages/distances.py", "pages/attacks.py", "pages/export.py"):
+        at = AppTest.from_file(app, default_timeout=120)
+        at.query_params["run"] = run.run_id
+        at.run()
+        at.switch_page(page).run()
+        assert not at.exception, (page, at.exception)
+    assert any("your model: ResidualMLP" in c.value for c in at.caption)
+    monkeypatch.setattr(config_module, "TABLE_DEMO", config_module.TABLE_DEMO.replace(
+        epochs=30, bootstrap_rounds=20, label_only_queries=100, lira_shadows=2, distance_method="deepfool"))
+    at = AppTest.from_file(app, default_timeout=120).run()
+    at.button(key="demo_table").click().run()
+    finish_jobs(at, tmp_path)
+    assert not at.exception
+    assert "breast_cancer" in [r.record.config.dataset for r in list_runs(tmp_path)]
+    at.switch_page("pages/distances.py").run()
+    changes = [d.value for d in at.dataframe if "at the boundary" in d.value.columns]
+    assert changes and changes[0]["feature"].iloc[0] in load_dataset("breast_cancer").feature_names
