@@ -41,8 +41,10 @@ def distance_histogram(
     density: bool = False,
     bins: int = 40,
     title: str | None = None,
+    box: tuple[float, float] | None = (0.0, 1.0),
 ) -> go.Figure:
-    """Overlaid histograms of member and non-member distances on shared bins. Infinite or zero values
+    """Overlaid histograms of member and non-member distances on shared bins (`box`: the input box the distances
+    are measured in, named on the axis; None for scores that are no distance). Infinite or zero values
     (no adversarial example found / already misclassified) are counted in the title, not drawn."""
     m = np.asarray(members, dtype=float)
     n = np.asarray(nonmembers, dtype=float)
@@ -64,7 +66,8 @@ def distance_histogram(
     note = f" — {dropped} not drawn (0 or no adversarial found)" if dropped else ""
     fig.update_layout(
         barmode="overlay", title=(title or "Distance to the decision boundary") + note,
-        xaxis_title=f"minimal perturbation ({norm_label}, inputs in [0, 1])",
+        xaxis_title=(f"minimal perturbation ({norm_label}, inputs in [{box[0]:g}, {box[1]:g}])" if box is not None
+                     else norm_label),
         yaxis_title="density (per unit distance)" if density else "samples", **_LAYOUT,
     )
     if log_x:

@@ -76,6 +76,7 @@ def report_html(run, *, family=None) -> str:
     parts.append("<h2>Distances to the decision boundary</h2>")
     for name, unit in (("distance_l2", "L2"), ("distance_linf", "L-inf")):
         parts.append(_figure(figures.distance_histogram(*table.member_nonmember(name), norm_label=f"{unit} norm",
+                                                        box=run.dataset.bounds,
                                                         title=f"Distance to the decision boundary ({unit})")))
     parts.append("<h2>Where it leaks</h2>")
     for attack, slicing in ((head.best_attack, "class"), ("distance_l2", "correctly classified"),

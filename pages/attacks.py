@@ -61,7 +61,7 @@ def threshold_panel() -> None:
         st.caption(f"{views.attack_title(attack)} has no reference scores (its points must be in the shadow models' "
                    "pool), so no threshold can be calibrated on reference data for it.")
     conf = mt.confusion_at_threshold(m, n, thr)
-    fig = figures.distance_histogram(m, n, norm_label=attack + " score", title=f"{views.attack_title(attack)} scores")
+    fig = figures.distance_histogram(m, n, norm_label=attack + " score", box=None, title=f"{views.attack_title(attack)} scores")
     fig.update_layout(xaxis_title=f"{attack} score (higher = more member-like)")
     for i, (r, dash) in enumerate(zip(rows, ("solid", "dash", "dot") if len(rows) == 3 else ("solid", "dot"))):
         fig.add_vline(x=r.threshold, line_dash=dash)  # labels stacked at the top, one line each: never overprint

@@ -35,7 +35,7 @@ def histogram_panel(root: str, run_id: str) -> None:
     bins = d.slider("bins", 10, 100, 40, step=5, key="hist_bins")
     attack = "distance_l2" if norm == "L2" else "distance_linf"
     m, n = run.table.member_nonmember(attack)
-    st.plotly_chart(figures.distance_histogram(m, n, norm_label=figures.NORM_UNITS[attack], log_x=log_x,
+    st.plotly_chart(figures.distance_histogram(m, n, norm_label=figures.NORM_UNITS[attack], log_x=log_x, box=run.dataset.bounds,
                                                density=density, bins=bins,
                                                title=f"Distance to the decision boundary ({norm})"), width="stretch")
     metrics = run.record.attacks[attack]

@@ -43,9 +43,9 @@ attacks = list(run.record.attacks)
 aucs = {a: m.auc for a, m in run.record.attacks.items()}
 figs = {
     "distance_histogram_l2": figures.distance_histogram(*run.table.member_nonmember("distance_l2"),
-                                                        title="Distance to the decision boundary (L2)"),
+                                                        box=run.dataset.bounds, title="Distance to the decision boundary (L2)"),
     "distance_histogram_linf": figures.distance_histogram(*run.table.member_nonmember("distance_linf"),
-                                                          norm_label="L-inf norm",
+                                                          norm_label="L-inf norm", box=run.dataset.bounds,
                                                           title="Distance to the decision boundary (L-inf)"),
     "roc": figures.roc_figure(state.rocs(run, attacks), aucs=aucs, title="ROC of every attack (linear axes)"),
     "roc_loglog": figures.roc_figure(state.rocs(run, attacks), aucs=aucs, log=True,

@@ -61,7 +61,7 @@ c4.metric("its TPR at 1% FPR", f"{head.tpr_at_1pct_fpr:.3f}", help=views.METRIC_
 
 a, b = st.columns(2)
 with a:
-    st.plotly_chart(figures.distance_histogram(*run.table.member_nonmember("distance_l2")), width="stretch")
+    st.plotly_chart(figures.distance_histogram(*run.table.member_nonmember("distance_l2"), box=run.dataset.bounds), width="stretch")
 with b:
     names = list(dict.fromkeys([head.best_attack, "distance_l2", "loss", "modified_entropy"]))
     st.plotly_chart(figures.roc_figure(state.rocs(run, names), aucs={n: rec.attacks[n].auc for n in names}),

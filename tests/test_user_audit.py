@@ -84,6 +84,7 @@ def test_a_user_architecture_is_audited_in_its_own_box(user_setup, store):
 
     page = report_html(again)
     assert "Your model: ResidualMLP (a Python nn.Module)" in page and "input box [-2, 2]" in page
+    assert "inputs in [-2, 2]" in page  # the histograms name the box the distances are measured in
     assert "Not measured here" in page and "needs reference models of the audited architecture" in page
     assert mia_core.audit(net, members, nonmembers, bounds=(-2, 2), name="ResidualMLP", config=FAST,
                           store=store).reused
