@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .config import AUDIT_DATA, AUDIT_MODEL, ConfigError, ExperimentConfig
+from .config import AUDIT_DATA, AUDIT_MODEL, ExperimentConfig
 from .data import Dataset, DatasetError, Split, read_saved_dataset, save_dataset
 from .evaluation import EvaluationInputs, evaluate
 from .experiment import Progress, RunResult, _assemble
@@ -32,10 +32,6 @@ from .store import Store, atomic_folder, config_hash, discard_folder, folder_pro
 from .training import accuracy, save_checkpoint
 from .user_data import MIN_GROUP
 from .user_models import ModelError, OnnxModel, build_from_factory, check_classifier, load_onnx, state_digest
-
-AuditError = (DatasetError, ModelError, ConfigError)
-"""Everything `audit` refuses with a message (nothing is stored then)."""
-
 
 @dataclass(frozen=True)
 class TrainingRecipe:

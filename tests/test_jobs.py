@@ -3,7 +3,6 @@ store clean, a resubmission resumes, the CLI joins the app's job, and the operat
 
 import os
 import signal
-import threading
 import time
 
 import pytest

@@ -2,12 +2,9 @@
 
 import io
 import json
-import math
-import sys
 import textwrap
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -16,7 +13,7 @@ from mia_core.cli import main
 from mia_core.data import DatasetError, load_dataset
 from mia_core.experiment import list_runs, load_run
 from mia_core.user_audit import audit_onnx
-from mia_core.user_data import prepare_user_data, read_image_folder, read_table, read_user_data
+from mia_core.user_data import prepare_user_data, read_image_folder, read_table
 from mia_core.user_models import ModelError, load_onnx
 
 FAST_FLAGS = ["--bootstrap", "20", "--label-only-queries", "150", "--reference-scored", "60", "--lira-shadows", "2",
@@ -187,7 +184,6 @@ def test_bad_onnx_files_are_refused_and_nothing_is_stored(tmp_path, monkeypatch,
         load_onnx(good, sample)
     monkeypatch.delenv("MIA_MAX_UPLOAD_MB")
     # an operator the converter does not know
-    import onnx
     from onnx import TensorProto, helper
 
     node = helper.make_node("Hardmax", ["x"], ["y"], axis=1)
