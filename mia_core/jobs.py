@@ -327,7 +327,7 @@ class JobQueue:
                     p.wait(1)
         files.write_status(status=Status.CANCELLED.value, finished=time.time(), stage="cancelled")
         if not any(j.status is Status.RUNNING for j in self.jobs()):
-            remove_stale_temporaries(self.root, older_than_s=0)  # no other writer is at work
+            remove_stale_temporaries(self.root, older_than_s=-1.0)  # every leftover: no other writer is at work
         return self.get(jid)
 
 
