@@ -396,3 +396,9 @@ def jobs_frame(jobs) -> pd.DataFrame:
                      else "unknown",
                      "joined by": j.attached, "error": j.error or "", "run": j.run_id or "", "id": j.id})
     return pd.DataFrame(rows)
+
+
+def class_name(dataset) -> Callable[[int], str]:
+    """A class index as the dataset names it ('malignant'), or as 'class 3' where it has no names."""
+    names = dataset.class_names
+    return lambda k: names[int(k)] if names is not None and 0 <= int(k) < len(names) else f"class {int(k)}"

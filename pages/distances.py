@@ -69,8 +69,9 @@ st.subheader("Per-sample explorer")
 norm = st.radio("explorer norm", ["L2", "L-inf"], horizontal=True, key="explorer_norm")
 attack = "distance_l2" if norm == "L2" else "distance_linf"
 count = st.slider("samples per group", 1, 8, 4, key="explorer_count")
-amplify = st.slider("perturbation amplification", 1, 50, 10, key="explorer_amplify",
-                    help="The perturbation is scaled by this factor around mid-grey to make it visible.")
+if run.dataset.is_image:
+    amplify = st.slider("perturbation amplification", 1, 50, 10, key="explorer_amplify",
+                        help="The perturbation is scaled by this factor around mid-grey to make it visible.")
 for title, (group, which) in views.EXPLORER_GROUPS.items():
     gs = run.table[group]
     scores = gs.scores[attack]
@@ -80,7 +81,8 @@ for title, (group, which) in views.EXPLORER_GROUPS.items():
     x_adv = gs.artifacts[f"x_adv_{attack}"][pick]
     labels, adv_labels = gs.label[pick], gs.artifacts[f"adv_label_{attack}"][pick]
     if run.dataset.is_table:  # a table row and the features that had to change, in the table's units
-        choices = [f"#{i} · label {lab} → {alab} · distance {dist:.3f}"
+        name = views.class_name(run.dataset)
+        choices = [f"#{i} · {name(lab)} → {name(alab)} · distance {dist:.3f}"
                    for i, lab, alab, dist in zip(gs.index[pick], labels, adv_labels, scores[pick])]
         if not choices:
             st.caption("No sample with a found, non-zero distance in this group.")

@@ -190,3 +190,6 @@ def test_an_audit_of_a_python_module_opens_on_every_page_and_the_table_demo_runs
     at.switch_page("pages/distances.py").run()
     changes = [d.value for d in at.dataframe if "at the boundary" in d.value.columns]
     assert changes and changes[0]["feature"].iloc[0] in load_dataset("breast_cancer").feature_names
+    options = at.selectbox(key="explore_farthest_members").options  # classes by their names in the table
+    assert options and all(("malignant" in o or "benign" in o) and " → " in o for o in options)
+    assert not [s for s in at.slider if s.key == "explorer_amplify"]  # no image to amplify
