@@ -135,8 +135,13 @@ def cmd_run(a: argparse.Namespace) -> int:
     cfg = config_from_args(a)
     out = _check_out(a.out)
     result = run_attached(cfg, Store.resolve(a.store), LineProgress())  # joins the app's job if one computes it
+    return _report(result, out, "run")
+
+
+def _report(result, out: Path | None, what: str) -> int:
+    """The end of `run` and `audit`: the table, the stored folder, and summary.json / per_sample.csv in --out."""
     if result.reused:
-        print(f"reused the stored run {result.eval_dir}", file=sys.stderr)
+        print(f"reused the stored {what} {result.eval_dir}", file=sys.stderr)
     if out:
         write_json(out / "summary.json", result.record.to_json())
         result.frame().to_csv(out / "per_sample.csv", index=False)
@@ -147,7 +152,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 def cmd_audit(a: argparse.Namespace) -> int:
     """Audit the user's own model (ONNX, or a factory with weights or trained here) on their own data."""
-    from .training import read_state_dict
+    from .training import load_weights, read_state_dict
     from .user_audit import TrainingRecipe, audit_onnx, audit_prepared, train_user_model
     from .user_data import prepare_user_data, read_member_ids, read_user_data
     from .user_models import build_from_factory, state_digest
@@ -173,12 +178,9 @@ def cmd_audit(a: argparse.Namespace) -> int:
         result = audit_onnx(Path(a.onnx), ds, split, prepared.reference, data_label=prepared.source,
                             file_name=Path(a.onnx).name, **common)
     else:
-        recipe = TrainingRecipe(epochs=base.epochs, batch_size=base.batch_size, lr=base.lr,
-                                weight_decay=base.weight_decay, optimizer=base.optimizer)
+        recipe = TrainingRecipe.of(base)
         if a.weights:
             model = build_from_factory(a.model_factory, ds.input_shape, ds.num_classes)
-            from .training import load_weights
-
             load_weights(model, read_state_dict(a.weights))
             label, kind = f"{Path(a.weights).name} on {a.model_factory} (weights given)", "factory"
         else:
@@ -188,14 +190,7 @@ def cmd_audit(a: argparse.Namespace) -> int:
                                 model_digest=state_digest(model), data_label=prepared.source,
                                 short_name=a.model_factory.rpartition(":")[2], model_factory=a.model_factory,
                                 recipe=recipe, **common)
-    if result.reused:
-        print(f"reused the stored audit {result.eval_dir}", file=sys.stderr)
-    if out:
-        write_json(out / "summary.json", result.record.to_json())
-        result.frame().to_csv(out / "per_sample.csv", index=False)
-    print(format_table(result.record))
-    print(f"\nstored in {result.eval_dir}")
-    return 0
+    return _report(result, out, "audit")
 
 
 def cmd_jobs(a: argparse.Namespace) -> int:

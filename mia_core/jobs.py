@@ -123,6 +123,19 @@ class JobFiles:
     def status(self) -> Path:
         return self.folder / "status.json"
 
+    def create(self, config: ExperimentConfig, label: str, estimate: float | None) -> None:
+        """Write a new job's request, replacing the state of an earlier job with this id."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for stale in ("status.json", "cancel", "attached"):
+            (self.folder / stale).unlink(missing_ok=True)
+        write_json(self.request, {"config": config.to_dict(), "label": label, "submitted": time.time(),
+                                  "estimate": estimate})
+
+    def attach(self) -> None:
+        """Count one more request that joined this job instead of computing again."""
+        with open(self.folder / "attached", "a") as fh:
+            fh.write(f"{time.time()}\n")
+
     def write_status(self, **values) -> None:
         old = read_json(self.status) if self.status.is_file() else {}
         write_json(self.status, old | values | {"updated": time.time()})
@@ -239,14 +252,9 @@ class JobQueue:
         with self._lock:
             current = self.get(jid)
             if current is not None and current.status.active:
-                with open(files.folder / "attached", "a") as fh:
-                    fh.write(f"{time.time()}\n")
+                files.attach()
                 return self.get(jid)
-            files.folder.mkdir(parents=True, exist_ok=True)
-            for stale in ("status.json", "cancel", "attached"):
-                (files.folder / stale).unlink(missing_ok=True)
-            write_json(files.request, {"config": config.to_dict(), "label": label, "submitted": time.time(),
-                                       "estimate": estimate})
+            files.create(config, label, estimate)
             self._start_queued()
         self._ensure_watcher()
         return self.get(jid)
@@ -344,8 +352,7 @@ def run_attached(config: ExperimentConfig, store: Store | str | Path | None = No
     existing = queue.get(jid)
     files = JobFiles(st.root, jid)
     if existing is not None and existing.status.active:
-        with open(files.folder / "attached", "a") as fh:
-            fh.write(f"{time.time()}\n")
+        files.attach()
         last = None
         while (job := queue.get(jid)) is not None and job.status.active:
             if progress and (job.stage, round(job.fraction, 2)) != last:
@@ -356,12 +363,8 @@ def run_attached(config: ExperimentConfig, store: Store | str | Path | None = No
             raise RuntimeError(f"the job {jid} this run joined ended {job.status.value if job else 'missing'}"
                                + (f": {job.error}" if job and job.error else ""))
         return run_experiment(config, store=st)
-    files.folder.mkdir(parents=True, exist_ok=True)
-    for stale in ("status.json", "cancel", "attached"):
-        (files.folder / stale).unlink(missing_ok=True)
     try:
-        write_json(files.request, {"config": config.to_dict(), "label": label, "submitted": time.time(),
-                                   "estimate": None})
+        files.create(config, label, None)
         files.write_status(status=Status.RUNNING.value, started=time.time(), pid=os.getpid(), stage="starting",
                            fraction=0.0)
         return run_job(files.read(), st, files, echo=progress)

@@ -43,6 +43,18 @@ class TrainingRecipe:
     weight_decay: float = 0.0
     optimizer: str = "adam"
 
+    @classmethod
+    def of(cls, config: ExperimentConfig) -> "TrainingRecipe":
+        """The recipe a configuration's training fields give."""
+        return cls(config.epochs, config.batch_size, config.lr, config.weight_decay, config.optimizer)
+
+    def train_config(self, seed: int):
+        """The recipe as `training.TrainConfig` (what `train` and the shadow models run)."""
+        from .training import TrainConfig
+
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                           weight_decay=self.weight_decay, seed=seed, optimizer=self.optimizer)
+
     def describe(self) -> str:
         return (f"{self.epochs} epochs of {self.optimizer} (lr {self.lr:g}, batch {self.batch_size}, weight decay "
                 f"{self.weight_decay:g})")
@@ -219,16 +231,14 @@ def audit_prepared(model: nn.Module, ds: Dataset, split: Split, reference_how: s
 def train_user_model(factory: str, ds: Dataset, split: Split, recipe: TrainingRecipe, *, seed: int = 0,
                      progress: Progress | None = None, device: str = "auto") -> nn.Module:
     """The user's architecture (a factory string) trained on the split's members with the recipe."""
-    from .training import TrainConfig, seed_everything, train
+    from .training import seed_everything, train
 
     seed_everything(seed)
     dev = pick_device(device)
     model = build_from_factory(factory, ds.input_shape, ds.num_classes).to(dev)
     x = torch.from_numpy(ds.x[split.members]).to(dev)
     y = torch.from_numpy(ds.y[split.members]).to(dev)
-    train(model, x, y, TrainConfig(epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
-                                   weight_decay=recipe.weight_decay, seed=seed, optimizer=recipe.optimizer),
-          progress=progress)
+    train(model, x, y, recipe.train_config(seed), progress=progress)
     return model.eval()
 
 
