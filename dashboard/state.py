@@ -58,10 +58,18 @@ def set_current(run_id: str) -> None:
 
 def current_run() -> ex.RunResult | None:
     """The run chosen in this session (or shared in the URL), if it is a finished run in the store; a followed
-    background job that has finished makes its run the current one."""
+    background job that has finished makes its run the current one, and while it runs, its first results
+    (the cheap attacks, `record.pending` naming the rest) are the current run once they are stored."""
     if (job := followed_job()) is not None and job.status is Status.DONE and job.run_id:
         _stop_following()
         set_current(job.run_id)
+    elif job is not None and job.status.active and job.first_run_id:
+        s = store()
+        try:
+            s.eval_path(job.first_run_id)
+            return open_run(str(s.root), job.first_run_id)
+        except StoreError:  # replaced by the finished run a moment ago
+            pass
     rid = st.query_params.get("run") or st.session_state.get("run")
     if not rid:
         return None
@@ -162,6 +170,9 @@ def job_panel() -> None:
             _stop_following()
             set_current(job.run_id)
             st.rerun(scope="app")
+        if job.first_run_id and st.session_state.get("first_results_shown") != job.first_run_id:
+            st.session_state["first_results_shown"] = job.first_run_id  # the pages show them: redraw once
+            st.rerun(scope="app")
         box = st.container(border=True)
         box.markdown(f"**{plain(job.label or 'job')}**: {job.status.value}")
         if job.status.active:
@@ -193,7 +204,14 @@ def require_run() -> ex.RunResult:
             submit(ex.DEFAULT_CONFIG, "the demo")
             st.rerun()
         st.stop()
+    first_results_note(run)
     return run
+
+
+def first_results_note(run: ex.RunResult) -> None:
+    """Says, on a page showing a run's first results, what is still being computed."""
+    if run.record.is_first_results:
+        st.info(plain(views.first_results_note(run.record)), icon=":material/hourglass_top:")
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

@@ -12,6 +12,7 @@ signals of Song, Shokri & Mittal (CCS 2019), and LiRA (Carlini et al., S&P 2022)
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
@@ -127,12 +128,21 @@ def local_variation_score(model: nn.Module, clean_logp: np.ndarray, x_adv: torch
 # ----------------------------------------------------------------------------- the registry
 
 
+class Cost(enum.IntEnum):
+    """How soon an attack's scores exist in a staged evaluation (evaluation.evaluate's first results)."""
+
+    LOGITS = 0  # one forward pass a sample
+    GRADIENTS = 1  # a white-box search or attack: tens of gradient steps a sample
+    EXPENSIVE = 2  # many label queries, reference models, bound propagation
+
+
 @dataclass(frozen=True)
 class AttackSpec:
     """A membership attack. `score(ctx)` returns one float per sample of the context's group (NaN where it is
     undefined). `label_only`: needs nothing but predicted labels, so output masking cannot hide from it.
     `needs_shadows`: scores exist only for points in the shadow models' pool (members and non-members), so
-    there are no reference scores and no threshold calibrated on them."""
+    there are no reference scores and no threshold calibrated on them. `cost`: how soon a staged evaluation
+    has its scores (the first results hold the LOGITS attacks, then the GRADIENTS ones)."""
 
     name: str
     title: str
@@ -141,6 +151,7 @@ class AttackSpec:
     score: Callable[["GroupScoring"], np.ndarray]
     label_only: bool = False
     needs_shadows: bool = False
+    cost: Cost = Cost.LOGITS
 
     @property
     def has_reference_scores(self) -> bool:
@@ -173,16 +184,16 @@ def _local_variation(ctx: "GroupScoring") -> np.ndarray:
 for _spec in (
     AttackSpec("distance_l2", "Boundary distance (L2)", "boundary distance",
                "L2 norm of the smallest change that flips the prediction (0 if already wrong).",
-               lambda ctx: ctx.perturbation(2.0).norms),
+               lambda ctx: ctx.perturbation(2.0).norms, cost=Cost.GRADIENTS),
     AttackSpec("distance_linf", "Boundary distance (L-inf)", "boundary distance",
                "L-inf norm of the smallest change that flips the prediction (0 if already wrong).",
-               lambda ctx: ctx.perturbation(math.inf).norms),
+               lambda ctx: ctx.perturbation(math.inf).norms, cost=Cost.GRADIENTS),
     AttackSpec("label_only_l2", "Label-only distance (L2)", "label-only",
                "L2 distance to the boundary found from predicted labels only (HopSkipJump-style).",
-               lambda ctx: ctx.label_only(2.0).norms, label_only=True),
+               lambda ctx: ctx.label_only(2.0).norms, label_only=True, cost=Cost.EXPENSIVE),
     AttackSpec("label_only_linf", "Label-only distance (L-inf)", "label-only",
                "L-inf distance to the boundary found from predicted labels only (HopSkipJump-style).",
-               lambda ctx: ctx.label_only(math.inf).norms, label_only=True),
+               lambda ctx: ctx.label_only(math.inf).norms, label_only=True, cost=Cost.EXPENSIVE),
     AttackSpec("loss", "Loss", "softmax", "Negative cross-entropy loss on the true label.", _softmax("loss")),
     AttackSpec("confidence", "Confidence (I_B)", "softmax", "Softmax probability of the true label.",
                _softmax("confidence")),
@@ -196,11 +207,12 @@ for _spec in (
                "True-label confidence after a PGD attack of radius epsilon (Song et al. 2019's I_A; "
                "'confidence' is their I_B).",
                lambda ctx: adversarial_confidence_score(ctx.unit_model, ctx.unit_x, ctx.y, eps=ctx.config.adv_epsilon,
-                                                        mask=ctx.config.output_mask)),
+                                                        mask=ctx.config.output_mask), cost=Cost.GRADIENTS),
     AttackSpec("verified_confidence", "Verified confidence (I_V)", "adversarial",
                "True-label probability of the verified worst case in the epsilon-ball, by interval bound "
-               "propagation (Song et al. 2019's I_V; not defined for resnet18).", _verified),
-    *(AttackSpec(name, title, "shadow models", help, _lira(name), needs_shadows=True) for name, title, help in (
+               "propagation (Song et al. 2019's I_V; not defined for resnet18).", _verified, cost=Cost.EXPENSIVE),
+    *(AttackSpec(name, title, "shadow models", help, _lira(name), needs_shadows=True, cost=Cost.EXPENSIVE)
+      for name, title, help in (
         ("lira_online", "LiRA online",
          "LiRA (Carlini et al. 2022): likelihood ratio of IN vs OUT shadow-model Gaussians."),
         ("lira_online_fixed", "LiRA online, fixed variance",
@@ -212,12 +224,14 @@ for _spec in (
     AttackSpec("rmia_online", "RMIA online", "shadow models",
                "RMIA (Zarifzadeh et al. 2024): share of population points z that x beats in likelihood ratio "
                "[Pr(x|target)/Pr(x)] / [Pr(z|target)/Pr(z)] >= gamma, Pr(.) averaged over all reference models.",
-               lambda ctx: ctx.rmia("rmia_online"), needs_shadows=True),
+               lambda ctx: ctx.rmia("rmia_online"), needs_shadows=True, cost=Cost.EXPENSIVE),
     AttackSpec("rmia_offline", "RMIA offline", "shadow models",
                "RMIA with only the reference models that did not train on x, corrected by a (chosen on the "
-               "reference models themselves).", lambda ctx: ctx.rmia("rmia_offline"), needs_shadows=True),
+               "reference models themselves).", lambda ctx: ctx.rmia("rmia_offline"), needs_shadows=True,
+               cost=Cost.EXPENSIVE),
     AttackSpec("local_variation", "Local variation (experimental)", "experimental",
                "This project's reading of Kadoche et al. 2022: minus the loss change from x to its minimal "
-               "adversarial example per unit of L2 distance (flatter = more member-like).", _local_variation),
+               "adversarial example per unit of L2 distance (flatter = more member-like).", _local_variation,
+               cost=Cost.GRADIENTS),
 ):
     ATTACKS.register(_spec)

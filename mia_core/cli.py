@@ -16,7 +16,7 @@ from .experiment import collect_garbage, repair_store, scan_store
 from .jobs import JobQueue, run_attached
 from .metrics import FPR_LEVELS
 from .records import RunRecord
-from .store import DEFAULT_FOLDER, STORE_ENV, Store, write_json
+from .store import DEFAULT_FOLDER, STORE_ENV, Store, read_json, write_json
 from .training import CheckpointError
 
 
@@ -38,6 +38,12 @@ class LineProgress:
             self.stream.write(f"{stage:<40} {frac:6.1%}\n")
         self.stream.flush()
         self.stage = stage
+
+    def interject(self, text: str) -> None:
+        """A block of text between progress lines (the first results)."""
+        self.stream.write(("\n" if self.stream.isatty() else "") + text + "\n")
+        self.stream.flush()
+        self.stage = None
 
 
 def _flag(name: str) -> str:
@@ -97,7 +103,8 @@ def format_table(record: RunRecord) -> str:
     ]
     for name, m in record.attacks.items():
         if not m.defined:
-            lines.append(f"{name:<{width}}{'-':>7}  {record.unavailable.get(name, 'undefined here')}")
+            why = "still being computed" if name in record.pending else record.unavailable.get(name, "undefined here")
+            lines.append(f"{name:<{width}}{'-':>7}  {why}")
             continue
         lo, hi = m.auc_ci
         cal = m.calibrated.get(0.01)
@@ -114,6 +121,23 @@ def format_table(record: RunRecord) -> str:
     for rule, v in record.thresholds.items():
         lines.append(f"{rule:<58}{v.tpr:>7.3f}{v.fpr:>7.3f}{v.accuracy:>9.3f}")
     return "\n".join(lines)
+
+
+def format_first_results(record: RunRecord) -> str:
+    """The first results of a run still being computed: the cheap attacks' AUCs, and what is still running."""
+    width = max(len(a) for a in record.attacks) + 2
+    lines = [f"first results (train accuracy {record.train_accuracy:.3f}, test accuracy {record.test_accuracy:.3f}):"]
+    lines += [f"  {a:<{width}}AUC {m.auc:.3f}  [{m.auc_ci[0]:.3f}, {m.auc_ci[1]:.3f}]"
+              for a, m in record.attacks.items() if m.defined]
+    lines.append("  still being computed: " + ", ".join(record.pending))
+    return "\n".join(lines)
+
+
+def _print_first_results(store: Store, progress: "LineProgress"):
+    def show(run_id: str) -> None:
+        record = RunRecord.from_json(read_json(store.eval_path(run_id) / "summary.json"))
+        progress.interject(format_first_results(record))
+    return show
 
 
 def _check_out(out: str | None) -> Path | None:
@@ -134,7 +158,9 @@ def _check_out(out: str | None) -> Path | None:
 def cmd_run(a: argparse.Namespace) -> int:
     cfg = config_from_args(a)
     out = _check_out(a.out)
-    result = run_attached(cfg, Store.resolve(a.store), LineProgress())  # joins the app's job if one computes it
+    store, progress = Store.resolve(a.store), LineProgress()
+    result = run_attached(cfg, store, progress, first_results=_print_first_results(store, progress))  # joins
+    # the app's job if one computes it
     return _report(result, out, "run")
 
 

@@ -90,8 +90,17 @@ AUDIT_MODEL = "your model: "
 AUDIT_DATA = "your data: "
 """How an audit of a user's own model names its model and data in the config (see `user_audit.py`)."""
 
-NEW_FIELD_DEFAULTS = {"optimizer": "adam"}
-"""Fields added after core 0.4.0: left out of the store keys at their default, so stored runs stay reusable."""
+NEW_FIELD_DEFAULTS = {"optimizer": "adam", "label_only_start": "noise", "label_only_linf": "hopskipjump"}
+"""Fields added after core 0.4.0, with the value that behaves as 0.4.0 did: left out of the store keys at that
+value, so stored runs stay reusable (and a config that asks for the old behaviour finds them)."""
+
+def _drop_new_defaults(d: dict[str, Any]) -> None:
+    for k, old in NEW_FIELD_DEFAULTS.items():
+        if k in d and d[k] == old:
+            d.pop(k)
+
+
+LABEL_ONLY_LINF_SEARCHES = ("rays", "hopskipjump")
 
 D, T, E, R = Stage.DATA, Stage.TRAINING, Stage.EVALUATION, Stage.RUNTIME
 
@@ -142,8 +151,15 @@ class ExperimentConfig:
                                   high=10_000_000, label="reference samples scored")
     bootstrap_rounds: int = param(200, E, "bootstrap rounds for confidence intervals (0: none)", low=0,
                                   high=100_000, aliases=("--bootstrap",), label="bootstrap rounds")
-    label_only_queries: int = param(1000, E, "label queries per sample for the label-only distance", low=1,
+    label_only_queries: int = param(400, E, "label queries per sample for the label-only distance", low=1,
                                     high=10_000_000, label="label-only queries")
+    label_only_start: str = param("nearest", E, "where the label-only search starts: nearest (the boundary towards "
+                                  "the closest reference samples the model labels otherwise) or noise (uniform noise, "
+                                  "as HopSkipJump; core 0.4.0)", choices=lambda: ("nearest", "noise"),
+                                  label="label-only start")
+    label_only_linf: str = param("rays", E, "the L-inf label-only search: rays (RayS, Chen & Gu 2020) or "
+                                 "hopskipjump (core 0.4.0)", choices=lambda: LABEL_ONLY_LINF_SEARCHES,
+                                 label="label-only L-inf search")
     lira_shadows: int = param(16, E, "shadow models for LiRA and shadow-calibrated thresholds (even, >= 2)",
                               low=2, high=4096, label="shadow models")
     rmia_gamma: float = param(1.0, E, "RMIA's likelihood-ratio threshold gamma (Zarifzadeh et al. 2024; 1 as in "
@@ -225,9 +241,7 @@ class ExperimentConfig:
         d["data"] = dataset_fingerprint
         d["core"] = __version__  # a new release of the algorithms never reuses an old result
         d["checkpoint"] = checkpoint_digest
-        for k, default in NEW_FIELD_DEFAULTS.items():
-            if d.get(k) == default:
-                d.pop(k)
+        _drop_new_defaults(d)
         if self.checkpoint:
             for k in ("epochs", "batch_size", "lr", "weight_decay", "dropout", "defense", "defense_strength"):
                 d.pop(k)
@@ -237,8 +251,9 @@ class ExperimentConfig:
         """Hash of every evaluation field and of the registered attacks (a new attack is a new evaluation)."""
         from .attacks import ATTACKS
 
-        return config_hash({**{k: getattr(self, k) for k in self.stage_fields(Stage.EVALUATION)},
-                            "attacks": list(ATTACKS), "core": __version__})
+        d = {k: getattr(self, k) for k in self.stage_fields(Stage.EVALUATION)}
+        _drop_new_defaults(d)
+        return config_hash({**d, "attacks": list(ATTACKS), "core": __version__})
 
     def effective_training(self) -> tuple[float, float]:
         """(weight decay, dropout) after a defense that acts through one of them (its strength replaces it)."""

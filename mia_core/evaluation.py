@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .attacks import ATTACKS
+from .attacks import ATTACKS, Cost
 from .config import ExperimentConfig
 from .data import Dataset, Split
 from .box import Box, unit_view
@@ -55,6 +55,10 @@ def reference_subset(split: Split, n: int, seed: int, exclude: np.ndarray) -> np
     if len(ref) <= n:
         return ref
     return np.sort(np.random.default_rng(seed + 1).choice(ref, size=n, replace=False))
+
+
+LABEL_ONLY_POOL = 2000
+"""Reference samples the label-only search looks among for its starting points (their labels cost one query each)."""
 
 
 def scored_groups(split: Split, cfg: ExperimentConfig) -> dict[str, np.ndarray]:
@@ -92,6 +96,13 @@ class EvaluationInputs:
     def mask(self, logp: np.ndarray) -> np.ndarray:
         """The target API's output masking (config.output_mask)."""
         return mask_log_probs(logp, self.config.output_mask)
+
+    def label_only_starts(self) -> torch.Tensor | None:
+        """The attacker's own samples the label-only search may start from (config.label_only_start 'nearest'):
+        the reference pool, up to LABEL_ONLY_POOL of its samples in index order; None for noise starts."""
+        if self.config.label_only_start != "nearest" or not len(self.split.reference):
+            return None
+        return torch.from_numpy(self.dataset.x[self.split.reference[:LABEL_ONLY_POOL]])
 
 
 class SharedWork:
@@ -247,7 +258,9 @@ class GroupScoring:
                 self._progress(stage, 0.0)
                 r = label_only_distance(self.model, self.x, self.y, norm=norm,
                                         max_queries=self.config.label_only_queries, seed=self.config.seed,
-                                        bounds=self.box, progress=lambda f: self._progress(stage, f))
+                                        bounds=self.box, progress=lambda f: self._progress(stage, f),
+                                        start_pool=self.inputs.label_only_starts(),
+                                        linf_search=self.config.label_only_linf)
                 if folder is not None:
                     discard_folder(folder)
                     with atomic_folder(folder) as tmp:
@@ -260,9 +273,16 @@ class GroupScoring:
     def _label_only_folder(self, name: str) -> Path | None:
         if self.inputs.stage_dir is None:
             return None
-        key = config_hash({"queries": self.config.label_only_queries, "seed": self.config.seed, "norm": name,
-                           "samples": hashlib.sha256(np.ascontiguousarray(self.index).tobytes()).hexdigest(),
-                           "core": __version__})
+        search = {"queries": self.config.label_only_queries, "seed": self.config.seed, "norm": name,
+                  "samples": hashlib.sha256(np.ascontiguousarray(self.index).tobytes()).hexdigest(),
+                  "core": __version__, "start": self.config.label_only_start}
+        if name == "linf" and self.config.label_only_linf != "hopskipjump":
+            search["linf_search"] = self.config.label_only_linf
+        if search["start"] == "nearest":  # the pool the search starts from decides its result too
+            search["pool"] = hashlib.sha256(self.inputs.label_only_starts().numpy().tobytes()).hexdigest()
+        if search["start"] == "noise":  # 0.4.0's searches keep their folders
+            del search["start"]
+        key = config_hash(search)
         return self.inputs.stage_dir / f"label-only-{key}"
 
     def lira(self, variant: str) -> np.ndarray:
@@ -287,24 +307,42 @@ class ScoringResult:
     label_only_seconds: float
 
 
-def score_groups(inputs: EvaluationInputs, groups: dict[str, np.ndarray]) -> ScoringResult:
-    """Step 2: every registered attack's score for every sample of every group, as a ScoreTable."""
-    shared = SharedWork(inputs)
+def score_groups(inputs: EvaluationInputs, groups: dict[str, np.ndarray], *, shared: SharedWork | None = None,
+                 up_to: Cost = Cost.EXPENSIVE, known: ScoreTable | None = None,
+                 known_up_to: Cost | None = None) -> ScoringResult:
+    """Step 2: every registered attack's score for every sample of every group, as a ScoreTable.
+    Attacks that cost more than `up_to` are left NaN (the first results); `shared` and `known` (a table of
+    the attacks up to `known_up_to`) carry over what was computed already, so nothing is computed twice."""
+    shared = shared or SharedWork(inputs)
     offsets = {"members": 0, "nonmembers": len(inputs.split.members)}
     for g, idx in groups.items():
-        shared.groups[g] = GroupScoring(g, idx, inputs, shared, offsets.get(g))
+        if g not in shared.groups:
+            shared.groups[g] = GroupScoring(g, idx, inputs, shared, offsets.get(g))
     out: dict[str, GroupScores] = {}
-    for g, ctx in shared.groups.items():
+    for g in groups:
+        ctx = shared.groups[g]
         scores = {}
         for spec in ATTACKS.specs():
+            if spec.cost > up_to:
+                scores[spec.name] = np.full(len(ctx.index), np.nan)
+                continue
+            if known is not None and known_up_to is not None and spec.cost <= known_up_to and len(
+                    known.groups.get(g, ())):
+                scores[spec.name] = known.scores(spec.name, g)
+                continue
             s = np.asarray(spec.score(ctx))
             if s.shape != (len(idx := ctx.index),):
                 raise ValueError(f"attack '{spec.name}' returned scores of shape {s.shape} for {len(idx)} samples.")
             scores[spec.name] = s
         out[g] = GroupScores(index=ctx.index, label=ctx.y, prediction=ctx.logp.argmax(1), scores=scores,
-                             artifacts=ctx.artifacts)
-    return ScoringResult(ScoreTable(out), shared, sum(c.distance_seconds for c in shared.groups.values()),
-                         sum(c.label_only_seconds for c in shared.groups.values()))
+                             artifacts=dict(ctx.artifacts))
+    if "reference" not in out:  # the first results: no reference sample is scored yet
+        none = np.zeros(0, dtype=np.int64)
+        out["reference"] = GroupScores(index=none, label=none, prediction=none,
+                                       scores={a: np.zeros(0) for a in ATTACKS})
+    scored = [shared.groups[g] for g in groups]
+    return ScoringResult(ScoreTable(out), shared, sum(c.distance_seconds for c in scored),
+                         sum(c.label_only_seconds for c in scored))
 
 
 def compute_metrics(table: ScoreTable, *, bootstrap_rounds: int, seed: int) -> dict[str, AttackMetrics]:
@@ -335,8 +373,8 @@ def calibrate_thresholds(inputs: EvaluationInputs, scoring: ScoringResult) -> di
 
 def summarise(inputs: EvaluationInputs, scoring: ScoringResult, metrics: dict[str, AttackMetrics],
               thresholds: dict[str, ThresholdReport], training: TrainingRecord, train_key: str,
-              evaluation_seconds: float = float("nan")) -> RunRecord:
-    """Step 5: the run record."""
+              evaluation_seconds: float = float("nan"), *, pending: tuple[str, ...] = ()) -> RunRecord:
+    """Step 5: the run record (of the first results when `pending` names attacks still being computed)."""
     table, cfg = scoring.table, inputs.config
     n_scored = sum(len(g) for g in table.groups.values())
     bound, per_attack = run_epsilon_bound(metrics, len(inputs.split.members), len(inputs.split.nonmembers))
@@ -354,19 +392,21 @@ def summarise(inputs: EvaluationInputs, scoring: ScoringResult, metrics: dict[st
         environment=Environment(core=__version__, torch=torch.__version__, device=str(inputs.device),
                                 platform=platform.platform(), finished_at=time.strftime("%Y-%m-%dT%H:%M:%S")),
         label_only_queries_used=float(np.mean(queries)) if queries is not None and len(queries) else float("nan"),
-        unavailable=unavailable_reasons(inputs, metrics),
+        unavailable=unavailable_reasons(inputs, metrics, pending),
+        pending=pending,
         attack_parameters=dict(scoring.shared.parameters),
         epsilon_bound=bound, epsilon_bounds={a: b.epsilon for a, b in per_attack.items()},
         audit=inputs.audit,
     )
 
 
-def unavailable_reasons(inputs: EvaluationInputs, metrics: dict[str, AttackMetrics]) -> dict[str, str]:
+def unavailable_reasons(inputs: EvaluationInputs, metrics: dict[str, AttackMetrics],
+                        pending: tuple[str, ...] = ()) -> dict[str, str]:
     """Why each attack without metrics has none: no reference models for a fixed user model, or not defined for
-    the architecture."""
+    the architecture (attacks still being computed are `pending`, not unavailable)."""
     out = {}
     for a, m in metrics.items():
-        if m.defined:
+        if m.defined or a in pending:
             continue
         if ATTACKS.get(a).needs_shadows and inputs.shadows_unavailable:
             out[a] = inputs.shadows_unavailable
@@ -382,15 +422,40 @@ def store_evaluation(eval_dir: Path, table: ScoreTable, record: RunRecord) -> No
         write_json(tmp / "summary.json", record.to_json())
 
 
-def evaluate(inputs: EvaluationInputs, training: TrainingRecord, store: Store, train_key: str) -> RunRecord:
-    """The whole pipeline for one trained model; writes the evaluation into the store and returns its record."""
+def evaluate(inputs: EvaluationInputs, training: TrainingRecord, store: Store, train_key: str, *,
+             first_results: Callable[[str], None] | None = None) -> RunRecord:
+    """The whole pipeline for one trained model; writes the evaluation into the store and returns its record.
+    With `first_results`, the members' and non-members' scores are stored first, the softmax attacks
+    (Cost.LOGITS) and then with the white-box searches (Cost.GRADIENTS) as well, each in a `first<level>-`
+    folder whose record's `pending` names what is still computed, and each one's run id is passed to
+    `first_results`; the full evaluation reuses that work and replaces the folder when it is done."""
     cfg = inputs.config
     t0 = time.perf_counter()
     if inputs.stage_dir is None:
         inputs.stage_dir = store.run_dir(train_key)
-    scoring = score_groups(inputs, scored_groups(inputs.split, cfg))
+    groups = scored_groups(inputs.split, cfg)
+    shared, known, first_dir = SharedWork(inputs), None, None
+    if first_results is not None:  # members and non-members: the softmax signals, then the white-box searches
+        for level in (Cost.LOGITS, Cost.GRADIENTS):
+            part = score_groups(inputs, {g: groups[g] for g in ("members", "nonmembers")}, shared=shared,
+                                up_to=level, known=known, known_up_to=Cost(level - 1) if level else None)
+            metrics = compute_metrics(part.table, bootstrap_rounds=cfg.bootstrap_rounds, seed=cfg.seed)
+            pending = tuple(a for a in ATTACKS if ATTACKS.get(a).cost > level)
+            record = summarise(inputs, part, metrics, {}, training, train_key, time.perf_counter() - t0,
+                               pending=pending)
+            folder = store.first_dir(train_key, record.eval_key, level)
+            discard_folder(folder)
+            store_evaluation(folder, part.table, record)
+            if first_dir is not None:
+                discard_folder(first_dir)
+            first_dir, known = folder, part.table
+            first_results(Store.run_id(folder))
+    scoring = score_groups(inputs, groups, shared=shared, known=known,
+                           known_up_to=Cost.GRADIENTS if known is not None else None)
     metrics = compute_metrics(scoring.table, bootstrap_rounds=cfg.bootstrap_rounds, seed=cfg.seed)
     thresholds = calibrate_thresholds(inputs, scoring)
     record = summarise(inputs, scoring, metrics, thresholds, training, train_key, time.perf_counter() - t0)
     store_evaluation(store.eval_dir(train_key, record.eval_key), scoring.table, record)
+    if first_dir is not None:
+        discard_folder(first_dir)
     return record

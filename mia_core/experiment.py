@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -163,9 +163,11 @@ def run_experiment(
     *,
     store: Store | str | Path | None = None,
     progress: Progress | None = None,
+    first_results: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Train (or reuse) the model of `config`, score every attack, and return the stored result.
-    `store` defaults to $MIA_STORE, else ./mia_runs (Store.resolve)."""
+    `store` defaults to $MIA_STORE, else ./mia_runs (Store.resolve). `first_results` is called with the run id
+    of the cheap attacks' results as soon as they are stored (evaluation.evaluate), before the expensive ones."""
     config.validate()
     st = Store.resolve(store)
     device = pick_device(config.device)
@@ -181,7 +183,8 @@ def run_experiment(
         _train_stage(config, run_dir, ds, device, progress)
     model, split, training = load_trained(config, run_dir, ds, device)
     if not eval_dir.is_dir():
-        evaluate(EvaluationInputs(config, ds, split, model, device, progress=progress), training, st, key)
+        evaluate(EvaluationInputs(config, ds, split, model, device, progress=progress), training, st, key,
+                 first_results=first_results)
     if progress:
         progress("done", 1.0)
     return _assemble(st, config, eval_dir, ds, model, split, reused)
@@ -309,6 +312,7 @@ def repair_store(store: Store | str | Path | None = None) -> list[DamagedRun]:
 class Collected:
     temporaries: int
     uploads: list[Path]
+    first_results: list[Path] = field(default_factory=list)
 
 
 def collect_garbage(store: Store | str | Path | None = None, *, older_than_s: float = 3600) -> Collected:
@@ -327,4 +331,18 @@ def collect_garbage(store: Store | str | Path | None = None, *, older_than_s: fl
               and time.time() - p.stat().st_mtime > older_than_s]
     for p in unused:
         p.unlink(missing_ok=True)
-    return Collected(temporaries, unused)
+    # first results of a job that ended without finishing its run (killed, failed), or of one that finished
+    stale = [p for p in st.root.glob("*/first?-*") if p.is_dir() and (
+        (p.parent / ("eval-" + p.name.split("-", 1)[1])).is_dir()
+        or time.time() - p.stat().st_mtime > older_than_s and not _job_running(st, p))]
+    for p in stale:
+        discard_folder(p)
+    return Collected(temporaries, unused, stale)
+
+
+def _job_running(st: Store, first: Path) -> bool:
+    """Whether an active job of the store is computing the evaluation whose first results are `first`."""
+    from .jobs import JobQueue
+
+    run_id = Store.run_id(first)
+    return any(j.status.active and j.first_run_id == run_id for j in JobQueue(st).jobs())

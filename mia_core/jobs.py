@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import Callable
 
 from .config import ExperimentConfig, Stage
-from .store import Store, config_hash, read_json, remove_stale_temporaries, write_json
+from .store import (
+    Store, StoreError, config_hash, discard_folder, read_json, remove_stale_temporaries, write_json,
+)
 
 JOBS = "jobs"
 
@@ -64,6 +66,7 @@ class Job:
     finished: float | None = None
     error: str | None = None
     run_id: str | None = None
+    first_run_id: str | None = None  # the cheap attacks' results, stored while the expensive ones run
     pid: int | None = None
     estimate: float | None = None  # seconds, from the most similar stored run, if any
     attached: int = 0  # requests that joined this job instead of computing again
@@ -150,7 +153,8 @@ class JobFiles:
         return Job(id=self.id, config=ExperimentConfig.from_dict(req["config"]), label=req.get("label", ""),
                    submitted=req["submitted"], status=Status(st["status"]), stage=st.get("stage", ""),
                    fraction=float(st.get("fraction", 0.0)), started=st.get("started"), updated=st.get("updated"),
-                   finished=st.get("finished"), error=st.get("error"), run_id=st.get("run_id"), pid=st.get("pid"),
+                   finished=st.get("finished"), error=st.get("error"), run_id=st.get("run_id"),
+                   first_run_id=st.get("first_run_id"), pid=st.get("pid"),
                    estimate=req.get("estimate"), attached=attached)
 
 
@@ -184,26 +188,45 @@ def _work(store_root: str, jid: str) -> None:
         pass
 
 
-def run_job(job: Job, store: Store, files: JobFiles, echo: Callable[[str, float], None] | None = None):
+def run_job(job: Job, store: Store, files: JobFiles, echo: Callable[[str, float], None] | None = None,
+            first_results: Callable[[str], None] | None = None):
     """Run a job's experiment in this process, record how it ended, and return the RunResult (an error is
-    recorded, then raised again)."""
+    recorded, then raised again). The first results' run id is recorded as soon as they are stored."""
     from .experiment import run_experiment
 
     def ended(**values) -> None:
         with contextlib.suppress(OSError):  # a full disk must not hide the error itself
             files.write_status(finished=time.time(), **values)
 
+    shown: list[str] = []
+
+    def first(run_id: str) -> None:
+        shown.append(run_id)
+        files.write_status(first_run_id=run_id)
+        if first_results is not None:
+            first_results(run_id)
+
     try:
-        result = run_experiment(job.config, store=store, progress=ProgressWriter(files, echo=echo))
+        result = run_experiment(job.config, store=store, progress=ProgressWriter(files, echo=echo),
+                                first_results=first)
     except KeyboardInterrupt:
         ended(status=Status.CANCELLED.value, stage="cancelled")
+        discard_first_results(store, shown[-1] if shown else None)
         raise
     except Exception as err:
+        discard_first_results(store, shown[-1] if shown else None)
         ended(status=Status.FAILED.value, error=f"{err}" if isinstance(err, (ValueError, OSError))
               else f"{type(err).__name__}: {err}")
         raise
     ended(status=Status.DONE.value, fraction=1.0, stage="done", run_id=result.run_id)
     return result
+
+
+def discard_first_results(store: Store, run_id: str | None) -> None:
+    """A job that ended without its run leaves no first results behind."""
+    if run_id:
+        with contextlib.suppress(StoreError):  # replaced by the finished run, or removed already
+            discard_folder(store.eval_path(run_id))
 
 
 class JobQueue:
@@ -239,6 +262,7 @@ class JobQueue:
                 status=Status.FAILED.value, finished=time.time(),
                 error="the worker stopped before finishing (killed, or out of memory); submit it again to resume "
                       "from the stages already stored")
+            discard_first_results(Store(self.root), job.first_run_id)
             return JobFiles(self.root, job.id).read() or job
         return job
 
@@ -334,13 +358,15 @@ class JobQueue:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     p.wait(1)
         files.write_status(status=Status.CANCELLED.value, finished=time.time(), stage="cancelled")
+        discard_first_results(Store(self.root), (self.get(jid) or job).first_run_id)
         if not any(j.status is Status.RUNNING for j in self.jobs()):
             remove_stale_temporaries(self.root, older_than_s=-1.0)  # every leftover: no other writer is at work
         return self.get(jid)
 
 
 def run_attached(config: ExperimentConfig, store: Store | str | Path | None = None,
-                 progress: Callable[[str, float], None] | None = None, *, label: str = "command line"):
+                 progress: Callable[[str, float], None] | None = None, *, label: str = "command line",
+                 first_results: Callable[[str], None] | None = None):
     """The CLI's way to run: join the app's job for this configuration if one is queued or running (and wait
     for it), else run it here as a job of the same store, visible on the app's Jobs page. Returns the RunResult."""
     from .experiment import run_experiment
@@ -367,7 +393,7 @@ def run_attached(config: ExperimentConfig, store: Store | str | Path | None = No
         files.create(config, label, None)
         files.write_status(status=Status.RUNNING.value, started=time.time(), pid=os.getpid(), stage="starting",
                            fraction=0.0)
-        return run_job(files.read(), st, files, echo=progress)
+        return run_job(files.read(), st, files, echo=progress, first_results=first_results)
     except BaseException:
         job = files.read()
         if job is None or job.attached == 0:  # nobody else waits for it: the message is the CLI's own

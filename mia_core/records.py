@@ -201,10 +201,15 @@ class RunRecord:
     epsilon_bound: EpsilonBound | None = None  # the measured leakage's lower bound on DP epsilon
     epsilon_bounds: dict[str, float] = field(default_factory=dict)  # each attack's own (same confidence)
     audit: AuditInfo | None = None  # set when a user's own model was audited
+    pending: tuple[str, ...] = ()  # attacks still being computed: this record holds the first results
 
     @property
     def is_audit(self) -> bool:
         return self.audit is not None
+
+    @property
+    def is_first_results(self) -> bool:
+        return bool(self.pending)
 
     @property
     def generalization_gap(self) -> float:
@@ -212,6 +217,7 @@ class RunRecord:
 
     @property
     def run_id(self) -> str:
+        """The finished run's id (first results live in a folder of their own: evaluation.evaluate)."""
         return f"{self.train_key}/eval-{self.eval_key}"
 
     def defined_attacks(self) -> list[str]:
@@ -232,7 +238,7 @@ class RunRecord:
             "epsilon_bound": None if self.epsilon_bound is None else self.epsilon_bound.__dict__,
             "epsilon_bounds": self.epsilon_bounds,
             "audit": None if self.audit is None else self.audit.to_dict(),
-        })
+        } | ({"pending": list(self.pending)} if self.pending else {}))
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "RunRecord":
@@ -253,6 +259,7 @@ class RunRecord:
             epsilon_bound=None if not d.get("epsilon_bound") else EpsilonBound(**d["epsilon_bound"]),
             epsilon_bounds={k: _f(v) for k, v in (d.get("epsilon_bounds") or {}).items()},
             audit=AuditInfo.from_dict(d.get("audit")),
+            pending=tuple(d.get("pending") or ()),
         )
 
 

@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -66,6 +67,11 @@ class Store:
     def eval_dir(self, train_key: str, eval_key: str) -> Path:
         return self.root / train_key / f"eval-{eval_key}"
 
+    def first_dir(self, train_key: str, eval_key: str, level: int) -> Path:
+        """The first results (up to an attack cost `level`) of an evaluation still being computed; removed when
+        the next ones, or the finished evaluation, are stored."""
+        return self.root / train_key / f"first{level}-{eval_key}"
+
     @property
     def uploads(self) -> Path:
         return self.root / "uploads"
@@ -78,10 +84,10 @@ class Store:
         return f"{p.parent.name}/{p.name}"
 
     def eval_path(self, run_id: str) -> Path:
-        """The folder of a finished run named by its id; refuses anything that is not a run id inside the store
-        (absolute paths, `..`, other folders)."""
+        """The folder of a finished run (or of an evaluation's first results, `first<level>-`) named by its id;
+        refuses anything that is not a run id inside the store (absolute paths, `..`, other folders)."""
         parts = str(run_id).split("/")
-        if (len(parts) != 2 or not parts[1].startswith("eval-")
+        if (len(parts) != 2 or not re.match(r"(eval|first\d)-", parts[1])
                 or any(not p or p in (".", "..") or p.startswith(".") or "\\" in p for p in parts)):
             raise StoreError(f"'{run_id}' is not a run id (<train key>/eval-<eval key>).")
         path = self.root / parts[0] / parts[1]

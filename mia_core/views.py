@@ -107,6 +107,20 @@ def headline(record: RunRecord) -> Headline:
     return Headline(record.test_accuracy, record.train_accuracy, best, m.auc, m.tpr_at_fpr[0.01])
 
 
+def scored_attacks(record: RunRecord) -> list[str]:
+    """The attacks a page can show scores of: every one, less those still being computed (first results)."""
+    return [a for a in record.attacks if a not in record.pending]
+
+
+def first_results_note(record: RunRecord) -> str:
+    """What a page showing a run's first results says: what is shown and what is still being computed."""
+    pending = ", ".join(dict.fromkeys(attack_title(a).split(" (")[0].split(",")[0] for a in record.pending))
+    shown = "softmax signals" if "distance_l2" in record.pending else "boundary distances and softmax signals"
+    return (f"First results: the {shown} of members and non-members. Still being computed: {pending}, and the "
+            "reference pool's scores (calibrated thresholds). This page fills in as they are done (progress in "
+            "the sidebar).")
+
+
 def metrics_table(record: RunRecord) -> pd.DataFrame:
     """One row per attack: AUC with its interval, TPR at each FPR level, advantage and oracle accuracy."""
     rows = []

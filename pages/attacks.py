@@ -10,6 +10,7 @@ from mia_core.slices import SLICINGS
 st.title("Attacks")
 run = state.require_run()
 rec, root, rid = run.record, str(run.store.root), run.run_id
+scored = views.scored_attacks(rec)  # all of them once the run is finished; the cheap ones in its first results
 st.caption(views.describe(run.config) + f" · {rec.n_members} members vs {rec.n_nonmembers} "
            "non-members · thresholds calibrated on the reference pool, never on the evaluation's membership")
 
@@ -25,8 +26,8 @@ if privacy := views.privacy_summary(rec):
 @st.fragment
 def roc_panel() -> None:
     c1, c2, c3 = st.columns([3, 1, 1])
-    chosen = c1.multiselect("attacks", list(rec.attacks), default=["distance_l2", "label_only_l2", "loss",
-                                                                   "lira_online_fixed"],
+    chosen = c1.multiselect("attacks", scored, default=[a for a in ("distance_l2", "label_only_l2", "loss",
+                                                                    "lira_online_fixed") if a in scored],
                             format_func=views.attack_title, key="roc_attacks")
     log = c2.toggle("log-log axes", key="roc_log", persist_state="session",  # kept across page visits
                     help="Low-FPR behaviour is what matters for real attacks (Carlini et al. 2022).")
@@ -43,7 +44,7 @@ roc_panel()
 def threshold_panel() -> None:
     st.subheader("Choose a threshold")
     c1, c2, c3 = st.columns(3)
-    attack = c1.selectbox("attack", list(rec.attacks), format_func=views.attack_title, help=state.attack_help(),
+    attack = c1.selectbox("attack", scored, format_func=views.attack_title, help=state.attack_help(),
                           key="thr_attack")
     target_fpr = c2.select_slider("calibration FPR (on reference data)", [0.001, 0.01, 0.05, 0.1, 0.2], value=0.01,
                                   key="thr_fpr")
@@ -92,6 +93,11 @@ slice_attack = s1.selectbox("attack", [a for a, m in rec.attacks.items() if m.de
 slicing = s2.radio("slice by", SLICINGS, horizontal=True, key="slice_by", persist_state="session")
 st.plotly_chart(figures.slice_figure(state.slice_rows(root, rid, slice_attack, slicing),
                                      title=f"{views.attack_title(slice_attack)} by {slicing}"), width="stretch")
+
+if rec.is_first_results:
+    st.info("Thresholds an attacker can choose and the most vulnerable records need the reference pool's scores: "
+            "they appear when the run is finished.")
+    st.stop()
 
 st.subheader("Thresholds an attacker can choose")
 st.caption("Each rule is fixed without the evaluation's membership labels (shadow models, per-class shadow "

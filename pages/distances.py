@@ -11,6 +11,8 @@ run = state.require_run()
 st.caption(views.describe(run.config))
 if note := views.audit_note(run.record):
     st.caption(state.plain(note))
+if "distance_l2" in run.record.pending:
+    st.stop()  # the first results hold no distance yet: the note above says what is being computed
 
 c1, _ = st.columns([2, 3])
 method = c1.radio("search", list(SEARCHES), index=list(SEARCHES).index(run.config.distance_method), horizontal=True,
@@ -50,20 +52,24 @@ def histogram_panel(root: str, run_id: str) -> None:
 histogram_panel(str(run.store.root), run.run_id)
 
 st.subheader("Label-only against white-box distance")
-st.caption(f"The label-only search sees predicted labels only ({run.record.label_only_queries_used:.0f} "
-           "queries a sample on average); every point it returns is misclassified, so its distance is an upper bound "
-           "of the minimal one. Points above the diagonal: the white-box search found a closer boundary point.")
-lo_norm = st.radio("scatter norm", ["L2", "L-inf"], horizontal=True, key="scatter_norm")
-wb_key, lo_key = ("distance_l2", "label_only_l2") if lo_norm == "L2" else ("distance_linf", "label_only_linf")
-wb_m, wb_n = run.table.member_nonmember(wb_key)
-wb, lo = np.r_[wb_m, wb_n], np.r_[run.table.member_nonmember(lo_key)]
-member = np.r_[np.ones(len(wb_m), bool), np.zeros(len(wb_n), bool)]
-st.plotly_chart(figures.scatter_figure(wb, lo, member, x_title=f"white-box distance ({lo_norm})",
-                                       y_title=f"label-only distance ({lo_norm})",
-                                       title="Each sample's distance, two ways"), width="stretch")
-st.caption(f"label-only ≥ white-box for {views.label_only_agreement(wb, lo):.1%} of samples; "
-           f"label-only attack AUC {run.record.attacks[lo_key].auc:.3f} vs white-box "
-           f"{run.record.attacks[wb_key].auc:.3f}.")
+if "label_only_l2" in run.record.pending:
+    st.caption("The label-only search is still running: this comparison appears when it is done.")
+else:
+    st.caption(f"The label-only search sees predicted labels only ({run.record.label_only_queries_used:.0f} "
+               "queries a sample on average); every point it returns is misclassified, so its distance is an upper "
+               "bound of the minimal one. Points above the diagonal: the white-box search found a closer boundary "
+               "point.")
+    lo_norm = st.radio("scatter norm", ["L2", "L-inf"], horizontal=True, key="scatter_norm")
+    wb_key, lo_key = ("distance_l2", "label_only_l2") if lo_norm == "L2" else ("distance_linf", "label_only_linf")
+    wb_m, wb_n = run.table.member_nonmember(wb_key)
+    wb, lo = np.r_[wb_m, wb_n], np.r_[run.table.member_nonmember(lo_key)]
+    member = np.r_[np.ones(len(wb_m), bool), np.zeros(len(wb_n), bool)]
+    st.plotly_chart(figures.scatter_figure(wb, lo, member, x_title=f"white-box distance ({lo_norm})",
+                                           y_title=f"label-only distance ({lo_norm})",
+                                           title="Each sample's distance, two ways"), width="stretch")
+    st.caption(f"label-only ≥ white-box for {views.label_only_agreement(wb, lo):.1%} of samples; "
+               f"label-only attack AUC {run.record.attacks[lo_key].auc:.3f} vs white-box "
+               f"{run.record.attacks[wb_key].auc:.3f}.")
 
 st.subheader("Per-sample explorer")
 norm = st.radio("explorer norm", ["L2", "L-inf"], horizontal=True, key="explorer_norm")

@@ -9,6 +9,8 @@ from mia_core.report import chromium as report_pdf_available
 st.title("Export")
 run = state.require_run()
 st.caption(views.describe(run.config))
+if run.record.is_first_results:
+    st.stop()  # a report or a table of half a run would be mistaken for the whole: exported when it is done
 
 rid = run.run_id.replace("/", "-")
 st.download_button("Per-sample table (CSV)", run.frame().to_csv(index=False), f"per_sample-{rid}.csv", "text/csv",

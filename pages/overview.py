@@ -46,6 +46,7 @@ if run is None:
         st.info("Press **Run the demo**, or set up your own model on the **Experiment** page.")
     st.stop()
 
+state.first_results_note(run)
 rec = run.record
 head = views.headline(rec)
 st.subheader("Headline — " + views.run_label(rec, state.run_names().get(run.run_id)))
@@ -61,9 +62,14 @@ c4.metric("its TPR at 1% FPR", f"{head.tpr_at_1pct_fpr:.3f}", help=views.METRIC_
 
 a, b = st.columns(2)
 with a:
-    st.plotly_chart(figures.distance_histogram(*run.table.member_nonmember("distance_l2"), box=run.dataset.bounds), width="stretch")
+    if "distance_l2" in rec.pending:
+        st.caption("The boundary distances are being computed: their histogram appears here when they are done.")
+    else:
+        st.plotly_chart(figures.distance_histogram(*run.table.member_nonmember("distance_l2"), box=run.dataset.bounds),
+                        width="stretch")
 with b:
-    names = list(dict.fromkeys([head.best_attack, "distance_l2", "loss", "modified_entropy"]))
+    scored = views.scored_attacks(rec)
+    names = [n for n in dict.fromkeys([head.best_attack, "distance_l2", "loss", "modified_entropy"]) if n in scored]
     st.plotly_chart(figures.roc_figure(state.rocs(run, names), aucs={n: rec.attacks[n].auc for n in names}),
                     width="stretch")
 st.page_link("pages/distances.py", label="Explore the distances", icon=":material/straighten:")

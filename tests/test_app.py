@@ -248,3 +248,55 @@ def test_checkpoint_upload_is_validated_and_never_unpickled(app_store, capsys):
     assert not at.error, [e.value for e in at.error]
     assert len(list((app_store / "uploads").glob("*.pt"))) == 1
     assert any(r.record.config.checkpoint for r in ex.list_runs(app_store))
+
+
+def test_every_page_shows_a_runs_first_results_and_names_what_is_still_computed(app_store, tmp_path):
+    """While a job runs, its first results (stored by the worker in a `first-` folder) are what the pages show."""
+    import shutil
+
+    kept = {}
+
+    def keep(run_id):  # the folder is replaced by the next ones at the end: keep a copy, as seen mid-job
+        kept[run_id] = tmp_path / run_id.split("/")[1]
+        shutil.copytree(ex.Store(app_store).eval_path(run_id), kept[run_id])
+
+    final = ex.run_experiment(FAST.replace(seed=3), store=app_store, first_results=keep).eval_dir
+    assert len(kept) == 2  # the softmax signals first, then with the white-box searches
+    final.rename(tmp_path / "final")  # the store as it is mid-job: first results, no finished evaluation
+    for first_id, copy in kept.items():
+        shutil.copytree(copy, ex.Store(app_store).root / first_id)
+        for page in PAGES:
+            at = _open(page, app_store, first_id)
+            if page in ("pages/overview.py", "pages/distances.py", "pages/attacks.py", "pages/export.py"):
+                assert any("Still being computed:" in _shown(i.value) and "Label-only distance" in _shown(i.value)
+                           for i in at.info), (page, first_id)
+        if first_id.split("/")[1].startswith("first0"):
+            assert any("Boundary distance" in _shown(i.value) for i in at.info)  # pending at the first level
+            discard = ex.Store(app_store).root / first_id  # replaced by the next level, as the worker does
+            shutil.rmtree(discard)
+    # a session that follows the job (no run chosen yet) is shown its first results while the job runs
+    import os
+
+    from mia_core.jobs import JobFiles, Status, job_id
+
+    cfg = FAST.replace(seed=3)
+    files = JobFiles(app_store, job_id(cfg))
+    files.create(cfg, "mid-job", None)
+    files.write_status(status=Status.RUNNING.value, pid=os.getpid(), stage="label-only search", fraction=0.4,
+                       first_run_id=first_id)
+    at = _app()
+    at.query_params["job"] = job_id(cfg)
+    at.run()
+    assert not at.exception, at.exception
+    assert any("Still being computed" in _shown(i.value) for i in at.info)
+    assert at.metric[0].label == "test accuracy"  # the headline of the first results
+    files.write_status(status=Status.FAILED.value, error="ended by the test")
+    at = _open("pages/attacks.py", app_store, first_id)
+    table = _frame(at, "AUC 95% CI")
+    shown = dict(zip(table["id"], table["AUC"]))
+    assert shown["lira_online"] != shown["lira_online"]  # pending: no number yet (NaN)
+    assert shown["loss"] == shown["loss"]
+    # first results whose run has finished are garbage once the job is over
+    (tmp_path / "final").rename(final)
+    gone = ex.collect_garbage(app_store).first_results
+    assert [p.name for p in gone] == [first_id.split("/")[1]] and not (ex.Store(app_store).root / first_id).exists()

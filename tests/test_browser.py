@@ -87,7 +87,8 @@ def test_demo_and_every_page_in_chromium(server):
         page.get_by_role("button", name="Run the demo").first.click()
         page.get_by_text("Computing the demo in the background").first.wait_for(timeout=60_000)
         page.reload(wait_until="networkidle")  # a reload loses nothing: the job runs on, the URL names it
-        page.get_by_text("Headline").first.wait_for(timeout=180_000)
+        page.get_by_text("Headline").first.wait_for(timeout=180_000)  # the first results, or the finished run
+        page.get_by_text("Still being computed").first.wait_for(state="detached", timeout=300_000)  # finished
         _settle(page)
         _no_exception(page, "Overview")
         assert page.get_by_text("highest attack AUC").count() >= 1

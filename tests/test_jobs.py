@@ -47,6 +47,9 @@ def test_identical_requests_compute_once_and_the_next_job_waits_for_a_slot(tmp_p
     assert len(runs) == 2 and {r.run_id for r in runs} == {queue.get(first.id).run_id, queue.get(other.id).run_id}
     done = queue.get(first.id)
     assert done.fraction == 1.0 and done.elapsed > 0 and done.remaining == 0.0
+    # the worker stored the first results on the way, and the finished run replaced them
+    assert done.first_run_id == done.run_id.replace("/eval-", "/first1-")
+    assert not list(tmp_path.glob("*/first*"))
 
 
 def test_cancel_stops_the_worker_and_leaves_no_partial_run(tmp_path):
@@ -56,7 +59,7 @@ def test_cancel_stops_the_worker_and_leaves_no_partial_run(tmp_path):
     pid = running.pid
     assert running.fraction >= 0.0 and pid
     cancelled = queue.cancel(job.id)
-    assert cancelled.status is Status.CANCELLED
+    assert cancelled.status is Status.CANCELLED and not list(tmp_path.glob("*/first*"))
     assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(") ")[1][0] == "Z"
     assert ex.list_runs(tmp_path) == [] and _temporaries(tmp_path) == []
     assert queue.get(job.id).status is Status.CANCELLED  # stays cancelled, not "failed"
@@ -66,6 +69,7 @@ def test_a_killed_worker_fails_the_job_and_a_resubmission_resumes_from_the_store
     queue = JobQueue(tmp_path, max_jobs=1)
     job = queue.submit(SLOW, label="slow")
     running = _wait_for_stage(queue, job.id, ("label-only", "shadow"))  # training is stored by now
+    assert running.first_run_id and len(list(tmp_path.glob("*/first1-*"))) == 1  # and the first results
     trained = [p for p in tmp_path.iterdir() if (p / "model.safetensors").is_file()]
     assert len(trained) == 1
     manifest = (trained[0] / "MANIFEST.json").stat().st_mtime_ns
@@ -73,7 +77,7 @@ def test_a_killed_worker_fails_the_job_and_a_resubmission_resumes_from_the_store
     queue._processes.pop(job.id).wait()
     failed = queue.get(job.id)
     assert failed.status is Status.FAILED and "stopped before finishing" in failed.error
-    assert ex.list_runs(tmp_path) == []
+    assert ex.list_runs(tmp_path) == [] and not list(tmp_path.glob("*/first*"))
     again = queue.submit(SLOW.replace(lira_shadows=8), label="again")
     assert again.id == job.id and again.status is Status.RUNNING
     assert queue.wait(job.id, timeout=600).status is Status.DONE

@@ -81,3 +81,59 @@ def test_summarise_and_store_write_a_record_that_reads_back(scored, tmp_path):
     store_evaluation(tmp_path / "eval-x", result.table, record)
     assert folder_problem(tmp_path / "eval-x") is None
     assert RunRecord.from_json(read_json(tmp_path / "eval-x" / "summary.json")).to_json() == record.to_json()
+
+
+def test_first_results_come_before_the_expensive_attacks_and_change_no_number(trained_mlp, digits, tmp_path):
+    """evaluate(first_results=...) stores the members' and non-members' softmax scores first, then those with
+    the white-box searches, then the same evaluation as without them, array for array; the first results'
+    folders are gone when the run is done."""
+    from mia_core.evaluation import evaluate
+    from mia_core.store import Store
+
+    def opened(st, run_id):
+        path = st.eval_path(run_id)
+        assert folder_problem(path) is None
+        return RunRecord.from_json(read_json(path / "summary.json")), ScoreTable.from_npz(path / "scores.npz")
+
+    model, split = trained_mlp
+    training = TrainingRecord(1.0, 0.9, 0.9, 1.0, "cpu")
+    ends = {}
+    for staged in (False, True):
+        st = Store(tmp_path / f"staged-{staged}")
+        seen = []
+
+        def first(run_id, st=st, seen=seen):
+            seen.append(opened(st, run_id) + (run_id,))
+            assert not list((st.root / "k").glob("eval-*"))  # the full evaluation is not there yet
+            assert not list((st.root / "k").glob("label-only-*"))  # nor any expensive stage
+            assert [p.name for p in (st.root / "k").glob("first*")] == [run_id.split("/")[1]]  # one at a time
+
+        inputs = EvaluationInputs(CFG, digits, split, model, torch.device("cpu"))
+        ends[staged] = evaluate(inputs, training, st, "k", first_results=first if staged else None)
+        if staged:
+            assert [s[2].split("-")[0] for s in seen] == ["k/first0", "k/first1"]
+            for level, (early, early_table, early_id) in enumerate(seen):
+                pending = {a for a in ATTACKS if ATTACKS.get(a).cost > level}
+                assert early.is_first_results and set(early.pending) == pending
+                assert len(early_table["reference"]) == 0
+                assert set(early.defined_attacks()) == set(ATTACKS) - pending
+                assert not early.unavailable  # pending is not unavailable
+            assert {"loss", "confidence"} <= set(seen[0][0].defined_attacks())
+            assert "distance_l2" in seen[0][0].pending and "distance_l2" in seen[1][0].defined_attacks()
+            assert seen[1][0].attacks["loss"].auc == seen[0][0].attacks["loss"].auc
+            assert not list((st.root / "k").glob("first-*"))
+    a, ta = opened(Store(tmp_path / "staged-False"), ends[False].run_id)
+    b, tb = opened(Store(tmp_path / "staged-True"), ends[True].run_id)
+    for g in ("members", "nonmembers", "reference"):
+        assert ta[g].scores.keys() == tb[g].scores.keys() and ta[g].artifacts.keys() == tb[g].artifacts.keys()
+        for name in ta[g].scores:
+            np.testing.assert_array_equal(ta[g].scores[name], tb[g].scores[name])
+        for name in ta[g].artifacts:
+            np.testing.assert_array_equal(ta[g].artifacts[name], tb[g].artifacts[name])
+    ja, jb = a.to_json(), b.to_json()
+    for j in (ja, jb):
+        j.pop("timings"), j.pop("environment")
+    assert ja == jb
+    # and the first results' AUCs are the final ones
+    for name in early.defined_attacks():
+        assert early.attacks[name].auc == b.attacks[name].auc

@@ -1,0 +1,75 @@
+"""The label-only searches: HopSkipJump from noise (core 0.4.0) or from the nearest differently-labelled sample,
+and RayS for L-inf. Every returned point must flip the model, carry the reported norm and bound the exact
+distance from above; the defaults must be no looser than 0.4.0's search at well under half its queries."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mia_core.config import DEFAULT_CONFIG
+from mia_core.label_only import label_only_distance
+from test_distances import affine_model, closed_form
+
+SEARCHES = [(2.0, "hopskipjump"), (math.inf, "hopskipjump"), (math.inf, "rays")]
+
+
+@pytest.mark.parametrize("norm,linf_search", SEARCHES)
+@pytest.mark.parametrize("start", ["noise", "nearest"])
+def test_every_search_bounds_the_closed_form_of_an_affine_model(norm, linf_search, start):
+    lo, hi = -2.0, 3.0
+    model = affine_model()
+    gen = torch.Generator().manual_seed(1)
+    x = 0.5 + 5.0 * (0.4 * torch.rand(200, 20, generator=gen) - 0.2)
+    pool = 0.5 + 5.0 * (torch.rand(300, 20, generator=gen) - 0.5) if start == "nearest" else None
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    exact = closed_form(model, x, norm)
+    r = label_only_distance(model, x, y, norm=norm, max_queries=400, bounds=(lo, hi), start_pool=pool,
+                            linf_search=linf_search)
+    assert r.success.all() and r.x_adv.min() >= lo and r.x_adv.max() <= hi
+    with torch.no_grad():
+        assert (model(r.x_adv).argmax(1) != y).all()
+    measured = (r.x_adv - x).double().flatten(1).norm(p=norm, dim=1).numpy()
+    np.testing.assert_allclose(r.norms, measured, rtol=1e-12)
+    assert (r.norms >= exact * (1 - 1e-6)).all()
+    assert np.median(r.norms / exact) < 1.3
+    assert r.queries.max() <= 400 + (300 / 200 if pool is not None else 0)
+
+
+@pytest.mark.parametrize("norm", [2.0, math.inf])
+def test_a_nearest_start_is_never_farther_than_the_nearest_differently_labelled_sample(trained_mlp, digits, norm):
+    model, split = trained_mlp
+    x = torch.from_numpy(digits.x[split.nonmembers[:120]])
+    y = torch.from_numpy(digits.y[split.nonmembers[:120]])
+    pool = torch.from_numpy(digits.x[split.reference[:500]])
+    with torch.no_grad():
+        pool_labels = model(pool).argmax(1)
+    gap = torch.cdist(x.flatten(1).double(), pool.flatten(1).double(), p=norm)
+    gap[pool_labels[None, :] == y[:, None]] = torch.inf
+    farthest_allowed = gap.min(1).values.numpy()
+    r = label_only_distance(model, x, y, norm=norm, max_queries=100, start_pool=pool)
+    assert r.success.all()
+    assert (r.norms <= farthest_allowed * (1 + 1e-6)).all()
+
+
+def test_the_default_search_is_no_looser_than_core_0_4_at_under_half_the_queries(trained_mlp, digits):
+    """The measured claim of bench/label_only.py, on 150 non-members of a trained digits MLP."""
+    model, split = trained_mlp
+    x = torch.from_numpy(digits.x[split.nonmembers[:150]])
+    y = torch.from_numpy(digits.y[split.nonmembers[:150]])
+    pool = torch.from_numpy(digits.x[split.reference[:2000]])
+    for norm in (2.0, math.inf):
+        old = label_only_distance(model, x, y, norm=norm, max_queries=1000)
+        new = label_only_distance(model, x, y, norm=norm, max_queries=DEFAULT_CONFIG.label_only_queries,
+                                  start_pool=pool, linf_search=DEFAULT_CONFIG.label_only_linf)
+        assert np.median(new.norms) <= 1.02 * np.median(old.norms)
+        assert new.queries.mean() <= 0.45 * old.queries.mean()
+
+
+def test_the_searches_of_core_0_4_keep_their_store_keys():
+    """0.4.0's default evaluation, asked for with its label-only settings, finds the folder 0.4.0 stored."""
+    old = DEFAULT_CONFIG.replace(label_only_queries=1000, label_only_start="noise", label_only_linf="hopskipjump")
+    assert old.eval_key() == "b11fa5e4e0c5299a"
+    assert DEFAULT_CONFIG.eval_key() != old.eval_key()
