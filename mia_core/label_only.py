@@ -104,6 +104,8 @@ def label_only_distance(
     """Per-sample distance to the boundary from label queries only, within `max_queries` queries a sample.
 
     Relative to the true labels `y`: a sample already misclassified has distance 0 and spends one query.
+    Inputs lie in `bounds` ([0, 1] by default); another box is searched through the model's unit-box view
+    (box.py) with the same queries, and the points are re-verified and the norms measured in the caller's box.
     `start_pool`: the attacker's own samples (any labels; each label costs one query, shared by all samples);
     the search starts from the closest boundary point towards the 3 nearest pool samples labelled otherwise
     (RayS: from the sign direction towards the nearest), and from noise where there is none.
