@@ -10,22 +10,16 @@ the reference pool. Times are seconds from the start of the run (training includ
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 
-from mia_core.config import DEFAULT_CONFIG
+from bench.runs import run_config, run_parser
 from mia_core.experiment import run_experiment
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", default=DEFAULT_CONFIG.dataset)
-    p.add_argument("--model", default=DEFAULT_CONFIG.model)
-    p.add_argument("--members", type=int, default=DEFAULT_CONFIG.members)
-    p.add_argument("--epochs", type=int, default=DEFAULT_CONFIG.epochs)
-    a = p.parse_args()
-    cfg = DEFAULT_CONFIG.replace(dataset=a.dataset, model=a.model, members=a.members, epochs=a.epochs)
+    a = run_parser(__doc__).parse_args()
+    cfg = run_config(a)
     store = tempfile.mkdtemp(prefix="bench-first-results-")
     t0 = time.perf_counter()
     seen: list[tuple[str, float]] = []

@@ -12,21 +12,16 @@ the label-only seconds.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 
 import numpy as np
 
-from mia_core.config import DEFAULT_CONFIG
+from bench.runs import run_config, run_parser
 from mia_core.experiment import run_experiment
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", default=DEFAULT_CONFIG.dataset)
-    p.add_argument("--model", default=DEFAULT_CONFIG.model)
-    p.add_argument("--members", type=int, default=DEFAULT_CONFIG.members)
-    p.add_argument("--epochs", type=int, default=DEFAULT_CONFIG.epochs)
+    p = run_parser(__doc__)
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
     p.add_argument("--store", default=None, help="a store to reuse (default: a fresh temporary one)")
     a = p.parse_args()
@@ -34,7 +29,7 @@ def main() -> None:
     print(f"| data | seed | search | norm | AUC [95% CI] | median distance | queries / sample | label-only s |")
     print("|---|---|---|---|---|---|---|---|")
     for seed in (int(s) for s in a.seeds.split(",")):
-        base = DEFAULT_CONFIG.replace(dataset=a.dataset, model=a.model, members=a.members, epochs=a.epochs, seed=seed)
+        base = run_config(a, seed=seed)
         searches = {"0.4.0": base.replace(label_only_queries=1000, label_only_start="noise",
                                           label_only_linf="hopskipjump"), "now": base}
         medians = {}
