@@ -90,7 +90,8 @@ AUDIT_MODEL = "your model: "
 AUDIT_DATA = "your data: "
 """How an audit of a user's own model names its model and data in the config (see `user_audit.py`)."""
 
-NEW_FIELD_DEFAULTS = {"optimizer": "adam", "label_only_start": "noise", "label_only_linf": "hopskipjump"}
+NEW_FIELD_DEFAULTS = {"optimizer": "adam", "label_only_start": "noise", "label_only_linf": "hopskipjump",
+                      "shadow_training": "stacked"}
 """Fields added after core 0.4.0, with the value that behaves as 0.4.0 did: left out of the store keys at that
 value, so stored runs stay reusable (and a config that asks for the old behaviour finds them)."""
 
@@ -101,6 +102,10 @@ def _drop_new_defaults(d: dict[str, Any]) -> None:
 
 
 LABEL_ONLY_LINF_SEARCHES = ("rays", "hopskipjump")
+SHADOW_TRAINING = ("mixed", "fast", "stacked")
+"""How shadow models train (`lira.train_shadow_chunk`): fast (fused optimiser; convolutional models one at a time,
+channels-last, on the CPU), mixed (fast, with bfloat16 passes where the device computes them natively) or stacked
+(every model of a chunk under vmap with a per-parameter optimiser, core 0.4.0)."""
 
 D, T, E, R = Stage.DATA, Stage.TRAINING, Stage.EVALUATION, Stage.RUNTIME
 
@@ -162,6 +167,11 @@ class ExperimentConfig:
                                  label="label-only L-inf search")
     lira_shadows: int = param(16, E, "shadow models for LiRA and shadow-calibrated thresholds (even, >= 2)",
                               low=2, high=4096, label="shadow models")
+    shadow_training: str = param("mixed", E, "how the shadow / reference models train: fast (a fused optimiser; on "
+                                 "the CPU, convolutional models one at a time in channels-last memory), mixed (fast, "
+                                 "with bfloat16 forward and backward passes where the device computes them natively) "
+                                 "or stacked (every model of a chunk at once under vmap; core 0.4.0)",
+                                 choices=lambda: SHADOW_TRAINING, label="shadow-model training")
     rmia_gamma: float = param(1.0, E, "RMIA's likelihood-ratio threshold gamma (Zarifzadeh et al. 2024; 1 as in "
                               "ML Privacy Meter)", low=0.0, high=1e6, label="RMIA gamma")
     rmia_offline_a: float | None = param(None, E, "offline RMIA's correction a (default: chosen by attacking reference "
@@ -173,7 +183,7 @@ class ExperimentConfig:
     data_dir: str | None = param(None, R, "folder holding torchvision datasets (mnist, fashion_mnist, cifar10)",
                                  kind=str, optional=True, label="data folder")
     device: str = param("auto", R, "auto (cuda if available), cpu, cuda or cuda:N", label="device")
-    shadow_executor: str = param("local", R, "where shadow / reference models train: local (stacked in this process) "
+    shadow_executor: str = param("local", R, "where shadow / reference models train: local (in this process) "
                                  "or ray (chunks as Ray tasks, on the cluster at --ray-address or a local Ray "
                                  "instance; same files in the store)", choices=lambda: ("local", "ray"),
                                  label="shadow-model executor")

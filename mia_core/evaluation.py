@@ -140,13 +140,13 @@ class SharedWork:
             cache = i.shadow_dir
             if cache is None and i.stage_dir is not None:
                 digest = hashlib.sha256(np.ascontiguousarray(self.groups["reference"].index).tobytes()).hexdigest()
-                cache = i.stage_dir / f"shadows-{shadow_key(cfg.lira_shadows, cfg.seed, digest)}"
+                cache = i.stage_dir / f"shadows-{shadow_key(cfg.lira_shadows, cfg.seed, digest, cfg.shadow_training)}"
             self._shadows = shadow_set(
                 i.shadow_factory(),
                 torch.from_numpy(ds.x[pool]).to(i.device), torch.from_numpy(ds.y[pool]).to(i.device),
                 n_models=cfg.lira_shadows, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=wd,
                 seed=cfg.seed, cache_dir=cache, progress=i.progress, population=population, optimizer=cfg.optimizer,
-                executor=cfg.shadow_executor, address=cfg.ray_address)
+                executor=cfg.shadow_executor, address=cfg.ray_address, training=cfg.shadow_training)
             self.shadow_seconds = time.perf_counter() - t0
         return self._shadows
 
@@ -416,9 +416,10 @@ def unavailable_reasons(inputs: EvaluationInputs, metrics: dict[str, AttackMetri
 
 
 def store_evaluation(eval_dir: Path, table: ScoreTable, record: RunRecord) -> None:
-    """Step 6: write scores.npz and summary.json into the evaluation's folder, atomically."""
+    """Step 6: write the score table (`ScoreTable.save`) and summary.json into the evaluation's folder,
+    atomically."""
     with atomic_folder(eval_dir) as tmp:
-        table.to_npz(tmp / "scores.npz")
+        table.save(tmp)
         write_json(tmp / "summary.json", record.to_json())
 
 

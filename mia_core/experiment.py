@@ -217,7 +217,7 @@ def stored_run_id(config: ExperimentConfig, store: Store | str | Path | None = N
 
 def _assemble(st: Store, config, eval_dir: Path, ds, model, split, reused: bool) -> RunResult:
     record = RunRecord.from_json(read_json(eval_dir / "summary.json"))
-    table = ScoreTable.from_npz(eval_dir / "scores.npz")
+    table = ScoreTable.load(eval_dir)
     return RunResult(config, st, eval_dir.parent, eval_dir, ds, split, model, record, table, reused)
 
 

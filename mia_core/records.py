@@ -1,7 +1,9 @@
 """Typed results: the run record (what a run measured) and the score table (per-sample scores and artifacts).
 
 A `RunRecord` travels as JSON (`to_json` / `from_json`, NaN written as null); a `ScoreTable` as one .npz file
-(`to_npz` / `from_npz`), the only place where a string key format ("<group>/score/<attack>") exists. Every
+(`to_npz` / `from_npz`), the only place where a string key format ("<group>/score/<attack>") exists, and in a
+run's folder (`save` / `load`) with its large per-sample arrays (the adversarial examples) beside it as plain
+.npy files that are memory-mapped when read, so a page that shows eight of them reads eight rows. Every
 reader (the CLI, the app's pages, reproduce, sweeps, export) works with these types, never with raw dicts.
 """
 
@@ -282,6 +284,7 @@ class GroupScores:
 
 
 _BASE = ("index", "label", "prediction")
+SCORES_FILE = "scores.npz"
 
 
 @dataclass
@@ -307,14 +310,39 @@ class ScoreTable:
     def attacks(self) -> list[str]:
         return list(self.groups["members"].scores)
 
-    def to_npz(self, path: str | Path) -> None:
+    def to_npz(self, path: str | Path, *, large: bool = True) -> None:
+        """Write every array into one compressed .npz (without `large`, the artifacts of more than one
+        dimension are left out: `save` writes those beside it)."""
         arrays: dict[str, np.ndarray] = {}
         for g, gs in self.groups.items():
             for b in _BASE:
                 arrays[f"{g}/{b}"] = getattr(gs, b)
             arrays.update({f"{g}/score/{k}": v for k, v in gs.scores.items()})
-            arrays.update({f"{g}/artifact/{k}": v for k, v in gs.artifacts.items()})
+            arrays.update({f"{g}/artifact/{k}": v for k, v in gs.artifacts.items() if large or np.ndim(v) < 2})
         np.savez_compressed(path, **arrays)
+
+    def save(self, folder: str | Path) -> None:
+        """Write the table into a run's folder: `scores.npz` with the scores and small artifacts, and each
+        artifact of more than one dimension (an adversarial example per sample) as `<group>.<name>.npy`."""
+        folder = Path(folder)
+        self.to_npz(folder / SCORES_FILE, large=False)
+        for g, gs in self.groups.items():
+            for k, v in gs.artifacts.items():
+                if np.ndim(v) >= 2:
+                    np.save(folder / f"{g}.{k}.npy", np.asarray(v), allow_pickle=False)
+
+    @classmethod
+    def load(cls, folder: str | Path, *, artifacts: bool = True) -> "ScoreTable":
+        """Read a table written by `save` (or a folder of core 0.4.0, whose artifacts are all in the .npz); the
+        large artifacts are memory-mapped read-only, read from disk only where indexed."""
+        folder = Path(folder)
+        table = cls.from_npz(folder / SCORES_FILE, artifacts=artifacts)
+        if artifacts:
+            for path in sorted(folder.glob("*.npy")):
+                g, _, name = path.name.removesuffix(".npy").partition(".")
+                if g in table.groups and name:
+                    table.groups[g].artifacts[name] = np.load(path, mmap_mode="r", allow_pickle=False)
+        return table
 
     @classmethod
     def from_npz(cls, path: str | Path, *, artifacts: bool = True) -> "ScoreTable":

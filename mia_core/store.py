@@ -5,7 +5,8 @@ half-way leaves only a `.tmp-*` folder that is never read, and a finished folder
 
 Layout, owned by `Store`:
     <root>/<train_key>/                   a trained model: config.json, split.npz, model.safetensors, training.json
-    <root>/<train_key>/eval-<eval_key>/   one evaluation of it: summary.json (a RunRecord), scores.npz (a ScoreTable)
+    <root>/<train_key>/eval-<eval_key>/   one evaluation of it: summary.json (a RunRecord), scores.npz and
+                                          <group>.x_adv_*.npy (a ScoreTable, `ScoreTable.save`)
     <root>/<train_key>/shadows-<key>/     shadow-model outputs for LiRA, one file per chunk, resumable
     <root>/uploads/                       checkpoints uploaded through the app
 A run's id is "<train_key>/eval-<eval_key>".

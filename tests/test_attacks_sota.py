@@ -1,5 +1,6 @@
 """State-of-the-art attacks: LiRA, label-only distances, inference on adversarial inputs, masking, thresholds."""
 
+import functools
 import math
 import shutil
 
@@ -7,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from mia_core.config import DEFAULT_CONFIG
 from mia_core.distances import minimal_perturbation
 from mia_core.experiment import ExperimentConfig, run_experiment
 from mia_core.label_only import label_only_distance
-from mia_core.lira import lira_scores, phi_from_log_probs, shadow_set
+from mia_core.lira import lira_scores, phi_from_log_probs, shadow_key, shadow_set
 from mia_core.models import build_model
 from mia_core.thresholds import balanced_threshold, class_thresholds
 
@@ -124,6 +126,41 @@ def test_shadow_set_is_cached_and_resumes(tmp_path, digits):
     shutil.rmtree(chunks[1])  # as if interrupted after the first chunk
     b = shadow_set(build, x, y, **kw)
     np.testing.assert_allclose(a.logp, b.logp, rtol=1e-6)
+
+
+def _held_out_accuracy(s, y):
+    right = s.logp.argmax(-1) == y[None]
+    return np.mean([right[m][~s.inside[m]].mean() for m in range(len(s.inside))])
+
+
+@pytest.mark.parametrize("training", ["fast", "mixed"])
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_fast_shadow_training_trains_as_well_as_stacked_and_is_deterministic(arch, training, digits):
+    """`training="fast"` (fused Adam; a CNN on the CPU one model at a time in channels-last memory) and "mixed"
+    (bfloat16 passes where the CPU has them) are faster ways to the same recipe: the same subsets, models as
+    accurate on the points they did not see, and the same outputs again for the same seed."""
+    x, y = torch.from_numpy(digits.x[:300]), torch.from_numpy(digits.y[:300])
+    build = functools.partial(build_model, arch, digits.input_shape, 10, width=32)
+    kw = dict(n_models=4, epochs=20, batch_size=32, lr=2e-3, weight_decay=0.0, seed=0, chunk=2,
+              population=torch.from_numpy(digits.x[300:400]))
+    stacked = shadow_set(build, x, y, training="stacked", **kw)
+    fast = shadow_set(build, x, y, training=training, **kw)
+    np.testing.assert_array_equal(fast.inside, stacked.inside)
+    np.testing.assert_allclose(np.exp(fast.logp).sum(-1), 1, atol=1e-9)
+    acc_fast, acc_stacked = _held_out_accuracy(fast, digits.y[:300]), _held_out_accuracy(stacked, digits.y[:300])
+    assert acc_stacked > 0.8 and acc_fast >= acc_stacked - 0.03
+    again = shadow_set(build, x, y, training=training, **kw)
+    np.testing.assert_array_equal(again.logp, fast.logp)
+    np.testing.assert_array_equal(again.population_logp, fast.population_logp)
+    with pytest.raises(ValueError, match="shadow training must be one of"):
+        shadow_set(build, x, y, training="quick", **kw)
+
+
+def test_the_shadow_training_is_part_of_the_shadows_key_except_for_core_0_4s():
+    assert shadow_key(16, 0, "abc") == shadow_key(16, 0, "abc", "stacked")
+    assert shadow_key(16, 0, "abc", "fast") != shadow_key(16, 0, "abc")
+    assert DEFAULT_CONFIG.shadow_training == "mixed"
+    assert DEFAULT_CONFIG.eval_key() != DEFAULT_CONFIG.replace(shadow_training="stacked").eval_key()
 
 
 def test_interval_bounds_contain_every_point_of_the_ball(trained_cnn, digits):

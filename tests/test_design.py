@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
 
 from mia_core import views
@@ -106,7 +107,7 @@ def test_config_fields_carry_stage_help_and_range():
     assert set(ExperimentConfig.stage_fields(Stage.EVALUATION)) == {
         "distance_method", "distance_steps", "reference_scored", "bootstrap_rounds", "label_only_queries",
         "label_only_start", "label_only_linf",
-        "lira_shadows", "rmia_gamma", "rmia_offline_a", "output_mask"}
+        "lira_shadows", "shadow_training", "rmia_gamma", "rmia_offline_a", "output_mask"}
     assert set(ExperimentConfig.stage_fields(Stage.RUNTIME)) == {"data_dir", "device", "shadow_executor", "ray_address"}
     cfg = ExperimentConfig()
     # an evaluation field changes only the evaluation key; a training field only the training key
@@ -185,6 +186,28 @@ def test_record_and_table_round_trip(toy_run, tmp_path):
     assert not light["members"].artifacts and light.attacks() == run.table.attacks()
     # scores and artifacts never share a namespace
     assert not set(run.table["members"].scores) & set(run.table["members"].artifacts)
+
+
+def test_a_stored_run_keeps_its_adversarial_examples_beside_the_scores_and_maps_them(toy_run):
+    """The app shows eight adversarial examples: it must not read a whole evaluation's x_adv to do it."""
+    _, run = toy_run
+    with np.load(run.eval_dir / "scores.npz") as z:
+        assert not [n for n in z.files if "/artifact/x_adv_" in n]  # not inside the compressed scores
+        assert "members/artifact/adv_label_distance_l2" in z.files  # small artifacts stay there
+    beside = sorted(p.name for p in run.eval_dir.glob("*.npy"))
+    assert beside == [f"{g}.x_adv_{d}.npy" for g in ("members", "nonmembers") for d in ("distance_l2", "distance_linf")]
+    x_adv = run.table["members"].artifacts["x_adv_distance_l2"]
+    assert isinstance(x_adv, np.memmap) and not x_adv.flags.writeable  # mapped read-only, not loaded
+    assert x_adv.shape == (len(run.table["members"]), *run.dataset.input_shape)
+    # what is mapped is what was computed: the stored example flips the model and has the reported norm
+    pick = np.flatnonzero(np.isfinite(run.table.scores("distance_l2", "members")))[:8]
+    xa = torch.from_numpy(np.array(x_adv[pick]))
+    x = torch.from_numpy(run.dataset.x[run.table["members"].index[pick]])
+    assert (run.model(xa).argmax(1).numpy() != run.table["members"].label[pick]).all()
+    np.testing.assert_allclose((xa - x).flatten(1).double().norm(dim=1).numpy(),
+                               run.table.scores("distance_l2", "members")[pick], rtol=1e-5)
+    light = ScoreTable.load(run.eval_dir, artifacts=False)
+    assert not light["members"].artifacts
 
 
 def test_an_undefined_attack_is_written_as_null_and_read_back_as_nan(toy_run):

@@ -64,7 +64,7 @@ def test_a_user_architecture_is_audited_in_its_own_box(user_setup, store):
     # the distances are valid in the user's box: they flip, stay in [-2, 2], and carry their true norm
     g = run.table["members"]
     x = torch.from_numpy(run.dataset.x[g.index])
-    x_adv = torch.from_numpy(g.artifacts["x_adv_distance_l2"])
+    x_adv = torch.from_numpy(np.array(g.artifacts["x_adv_distance_l2"]))  # a copy of the read-only map
     ok = np.isfinite(g.scores["distance_l2"]) & (g.scores["distance_l2"] > 0)
     assert ok.mean() > 0.9
     assert x_adv.min() >= -2 and x_adv.max() <= 2

@@ -1,0 +1,101 @@
+"""Benchmark: peak memory of a whole audit against the size of its data and scores.
+Run by hand (minutes to an hour, by the flags):
+
+    .venv/bin/python bench/audit_memory.py --dataset mnist5k --model cnn --members 2000 [--epochs 20] [--queries 400]
+        [--shadows 16]
+
+Two fresh processes are measured (peak resident set, `getrusage`): a baseline that imports the core, loads the
+data set and runs the model once (what every process pays: torch's libraries and kernels), and the audit itself
+(`run_experiment` into a temporary store, every attack). It prints both, the data set's bytes, the stored
+scores' bytes (every array of the evaluation, uncompressed: scores, adversarial examples, query counts) and the
+audit's growth over the baseline as a multiple of data + scores.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.runs import run_config, run_parser  # noqa: E402
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child(kind: str, config_json: str, store: str) -> None:
+    """Run in a fresh process: the baseline or the audit; print its peak RSS (MB) as JSON."""
+    import torch
+
+    from mia_core.config import ExperimentConfig
+    from mia_core.data import load_dataset
+    from mia_core.experiment import run_experiment
+    from mia_core.models import build_model
+
+    cfg = ExperimentConfig.from_dict(json.loads(config_json))
+    t0 = time.perf_counter()
+    if kind == "baseline":
+        ds = load_dataset(cfg.dataset, seed=cfg.seed)
+        model = build_model(cfg.model, ds.input_shape, ds.num_classes, width=cfg.width)
+        with torch.no_grad():
+            model(torch.from_numpy(ds.x[:64]))
+        out = {"data_bytes": int(ds.x.nbytes + ds.y.nbytes)}
+    else:
+        run = run_experiment(cfg, store=store)
+        out = {"eval_dir": str(run.eval_dir)}
+    out.update(peak_mb=peak_mb(), seconds=time.perf_counter() - t0)
+    print(json.dumps(out))
+
+
+def measure(kind: str, cfg, store: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", kind, json.dumps(cfg.to_dict()), store]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def stored_array_bytes(eval_dir: Path) -> int:
+    """Every array of an evaluation folder, uncompressed."""
+    total = 0
+    with np.load(eval_dir / "scores.npz", allow_pickle=False) as z:
+        total += sum(z[n].nbytes for n in z.files)
+    for p in eval_dir.glob("*.npy"):
+        total += np.load(p, mmap_mode="r").nbytes
+    return total
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(*sys.argv[2:5])
+        return
+    ap = run_parser(__doc__)
+    ap.add_argument("--queries", type=int, default=None, help="label-only queries (default: the default run's)")
+    ap.add_argument("--shadows", type=int, default=None, help="shadow models (default: the default run's)")
+    a = ap.parse_args()
+    extra = {k: v for k, v in (("label_only_queries", a.queries), ("lira_shadows", a.shadows)) if v is not None}
+    cfg = run_config(a, **extra)
+    with tempfile.TemporaryDirectory() as store:
+        base = measure("baseline", cfg, store)
+        audit = measure("audit", cfg, store)
+        scores = stored_array_bytes(Path(audit["eval_dir"]))
+    mb = 1 / 2**20
+    data = base["data_bytes"]
+    growth = audit["peak_mb"] - base["peak_mb"]
+    print(f"{cfg.dataset} {cfg.model}, {cfg.members} members, {cfg.epochs} epochs, "
+          f"{cfg.label_only_queries} label-only queries, {cfg.lira_shadows} shadow models")
+    print(f"{'baseline process (imports, data, one forward)':<48}{base['peak_mb']:>10.0f} MB")
+    print(f"{'the audit (every attack)':<48}{audit['peak_mb']:>10.0f} MB   {audit['seconds']:.0f} s")
+    print(f"{'data set (x, y)':<48}{data * mb:>10.1f} MB")
+    print(f"{'stored scores (every array, uncompressed)':<48}{scores * mb:>10.1f} MB")
+    print(f"{'growth over the baseline / (data + scores)':<48}{growth / ((data + scores) * mb):>10.2f} x")
+
+
+if __name__ == "__main__":
+    main()
