@@ -1,7 +1,7 @@
 """Benchmark: shadow / reference models a second on this machine, core 0.4.0's stacked training against the fast one.
-Run by hand (about two minutes on 2 CPU cores):
+Run by hand (about 12 minutes on 2 CPU cores with the defaults; 0.4.0's stacked CNNs take 4 of them a repeat):
 
-    .venv/bin/python bench/shadows.py [--repeats 3] [--cases digits-mlp mnist5k-cnn]
+    .venv/bin/python bench/shadows.py [--repeats 2] [--cases digits-mlp mnist5k-cnn]
 
 Each case trains the shadow set an audit of the default recipe trains (16 models on random halves of the
 evaluation pool, the target's epochs and batch size), once per mode and repeat, interleaved, in this one
@@ -38,7 +38,7 @@ def held_out_accuracy(logp: np.ndarray, inside: np.ndarray, y: np.ndarray) -> fl
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--models", type=int, default=16)
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     a = ap.parse_args()
