@@ -14,7 +14,6 @@ audit's growth over the baseline as a multiple of data + scores.
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -24,11 +23,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.memory import peak_mb  # noqa: E402
 from bench.runs import run_config, run_parser  # noqa: E402
-
-
-def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child(kind: str, config_json: str, store: str) -> None:

@@ -16,7 +16,6 @@ import functools
 import statistics
 import time
 
-import numpy as np
 import torch
 
 from mia_core.config import SHADOW_TRAINING
@@ -28,12 +27,6 @@ CASES = {  # name: (dataset, model, pool size, epochs)
     "digits-mlp": ("digits", "mlp", 400, 60),
     "mnist5k-cnn": ("mnist5k", "cnn", 600, 20),
 }
-
-
-def held_out_accuracy(logp: np.ndarray, inside: np.ndarray, y: np.ndarray) -> float:
-    """Mean over models of the accuracy on the pool points each model did not train on."""
-    right = logp.argmax(-1) == y[None]
-    return float(np.mean([right[m][~inside[m]].mean() for m in range(len(inside))]))
 
 
 def main() -> None:
@@ -60,7 +53,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 s = shadow_set(build, x, y, training=training, **kw)
                 rates[training].append(a.models / (time.perf_counter() - t0))
-                accuracy[training] = held_out_accuracy(s.logp, s.inside, ds.y[:pool])
+                accuracy[training] = s.held_out_accuracy(ds.y[:pool])
         for training in ("stacked", "fast", "mixed"):
             runs = ", ".join(f"{r:.2f}" for r in rates[training])
             print(f"{case:<13}{training:<10}{runs:<28}{statistics.median(rates[training]):>8.2f}"

@@ -50,6 +50,11 @@ class ShadowSet:
         """[models, points] phi, after the same output masking as the target's API (if any)."""
         return phi_from_log_probs(mask(self.logp) if mask else self.logp, y)
 
+    def held_out_accuracy(self, y: np.ndarray) -> float:
+        """Mean over models of each model's accuracy on the pool points it did not train on."""
+        right = self.logp.argmax(-1) == np.asarray(y)[None]
+        return float(np.mean([right[m][~self.inside[m]].mean() for m in range(len(self.inside))]))
+
 
 def train_shadow_chunk(
     build: Callable[[], nn.Module],
