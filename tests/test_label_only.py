@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from mia_core.config import DEFAULT_CONFIG
-from mia_core.label_only import label_only_distance
+from mia_core.data import load_dataset
+from mia_core.label_only import label_only_distance, low_frequency_factor, probe_directions
 from test_distances import affine_model, closed_form
 
 SEARCHES = [(2.0, "hopskipjump"), (math.inf, "hopskipjump"), (math.inf, "rays")]
@@ -71,6 +72,61 @@ def test_the_default_search_is_no_looser_than_core_0_4_at_under_half_the_queries
 def test_the_searches_of_core_0_4_keep_their_store_keys():
     """0.4.0's default evaluation, asked for with its label-only settings, finds the folder 0.4.0 stored."""
     old = DEFAULT_CONFIG.replace(label_only_queries=1000, label_only_start="noise", label_only_linf="hopskipjump",
-                                 shadow_training="stacked")
+                                 shadow_training="stacked", label_only_probes="gaussian")
     assert old.eval_key() == "b11fa5e4e0c5299a"
     assert DEFAULT_CONFIG.eval_key() != old.eval_key()
+
+
+def test_low_frequency_probes_span_only_the_coarse_grid():
+    gen = torch.Generator().manual_seed(0)
+    probes = probe_directions(3, 150, (1, 28, 28), gen, "low-frequency")
+    assert probes.shape == (3, 150, 1, 28, 28)
+    assert torch.linalg.matrix_rank(probes.flatten(0, 1).flatten(1), rtol=1e-4) == 14 * 14
+    colour = probe_directions(2, 400, (3, 32, 32), torch.Generator().manual_seed(0), "low-frequency")
+    assert torch.linalg.matrix_rank(colour.flatten(0, 1).flatten(1), rtol=1e-4) == 3 * 16 * 16
+    # too small to be coarsened (digits' 8x8) or not an image: the Gaussian probes, draw for draw
+    for shape in ((1, 8, 8), (20,)):
+        assert low_frequency_factor(shape) == 1
+        a = probe_directions(2, 5, shape, torch.Generator().manual_seed(3), "low-frequency")
+        b = probe_directions(2, 5, shape, torch.Generator().manual_seed(3), "gaussian")
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="probe distribution"):
+        probe_directions(1, 1, (20,), gen, "pink")
+
+
+def test_low_frequency_probes_keep_the_bound_on_an_affine_image_model():
+    model = affine_model(d=784, k=5)
+    gen = torch.Generator().manual_seed(2)
+    x = 0.5 + 0.2 * (torch.rand(60, 1, 28, 28, generator=gen) - 0.5)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    r = label_only_distance(model, x, y, norm=2.0, max_queries=300, probe_distribution="low-frequency")
+    assert r.success.all()
+    with torch.no_grad():
+        assert (model(r.x_adv).argmax(1) != y).all()
+    measured = (r.x_adv - x).double().flatten(1).norm(dim=1).numpy()
+    np.testing.assert_allclose(r.norms, measured, rtol=1e-12)
+    assert (r.norms >= closed_form(model, x, 2.0) * (1 - 1e-6)).all()
+    assert r.queries.max() <= 300
+
+
+def test_low_frequency_probes_find_shorter_distances_on_28x28_images(trained_mnist_cnn):
+    """The measured claim of the default (bench/label_only.py), on 60 non-members of a small MNIST CNN."""
+    model, split = trained_mnist_cnn
+    ds = load_dataset("mnist5k")
+    x = torch.from_numpy(ds.x[split.nonmembers[:60]])
+    y = torch.from_numpy(ds.y[split.nonmembers[:60]])
+    pool = torch.from_numpy(ds.x[split.reference[:500]])
+    runs = {d: label_only_distance(model, x, y, norm=2.0, max_queries=200, start_pool=pool, probe_distribution=d)
+            for d in ("gaussian", "low-frequency")}
+    for r in runs.values():
+        assert r.success.all()
+        with torch.no_grad():
+            flipped = model(r.x_adv).argmax(1) != y
+        assert flipped[r.norms > 0].all()
+        assert r.queries.max() <= 200 + 500 / 60
+    ok = runs["gaussian"].norms > 0
+    assert np.median(runs["low-frequency"].norms[ok]) <= 0.9 * np.median(runs["gaussian"].norms[ok])
+    again = label_only_distance(model, x, y, norm=2.0, max_queries=200, start_pool=pool,
+                                probe_distribution="low-frequency")
+    np.testing.assert_array_equal(again.norms, runs["low-frequency"].norms)
