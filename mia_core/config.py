@@ -107,6 +107,8 @@ LABEL_ONLY_LINF_SEARCHES = ("rays", "hopskipjump")
 def _label_only_probes() -> tuple[str, ...]:
     from .label_only import PROBE_DISTRIBUTIONS
     return PROBE_DISTRIBUTIONS
+
+
 SHADOW_TRAINING = ("mixed", "fast", "stacked")
 """How shadow models train (`lira.train_shadow_chunk`): fast (fused optimiser; convolutional models one at a time,
 channels-last, on the CPU), mixed (fast, with bfloat16 passes where the device computes them natively) or stacked

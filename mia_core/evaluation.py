@@ -279,8 +279,9 @@ class GroupScoring:
                   "core": __version__, "start": self.config.label_only_start}
         if name == "linf" and self.config.label_only_linf != "hopskipjump":
             search["linf_search"] = self.config.label_only_linf
-        if self.config.label_only_probes != "gaussian" and not (name == "linf" and self.config.label_only_linf == "rays"):
-            search["probes"] = self.config.label_only_probes  # RayS draws no probes
+        hopskipjump = name == "l2" or self.config.label_only_linf == "hopskipjump"  # RayS draws no probes
+        if hopskipjump and self.config.label_only_probes != "gaussian":
+            search["probes"] = self.config.label_only_probes
         if search["start"] == "nearest":  # the pool the search starts from decides its result too
             search["pool"] = hashlib.sha256(self.inputs.label_only_starts().numpy().tobytes()).hexdigest()
         if search["start"] == "noise":  # 0.4.0's searches keep their folders

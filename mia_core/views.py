@@ -308,9 +308,12 @@ def estimate_seconds(config: ExperimentConfig, past: Sequence[RunRecord]) -> Est
             and not r.config.checkpoint and math.isfinite(r.timings.evaluation_seconds)]
     if not same:
         return Estimate(None, f"no stored {config.dataset} / {config.model} run to measure from yet")
-    longest = max(r.timings.shadow_seconds + r.timings.label_only_seconds for r in same)
+    stages = lambda r: r.timings.shadow_seconds + r.timings.label_only_seconds  # noqa: E731
+    longest: dict[str, float] = {}  # per defense: DP-SGD's reference models cost more than a plain run's
+    for r in same:
+        longest[r.config.defense] = max(longest.get(r.config.defense, 0.0), stages(r))
     ref = min(same, key=lambda r: (  # prefer a run that computed its stages over one that reused them
-        r.timings.shadow_seconds + r.timings.label_only_seconds < 0.5 * longest,
+        stages(r) < 0.5 * longest[r.config.defense],
         r.config.defense != config.defense,  # DP-SGD or adversarial training cost far more per epoch
         r.config.distance_method != config.distance_method,
                                    abs(math.log(r.config.members / config.members)),

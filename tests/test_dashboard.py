@@ -1,6 +1,7 @@
 """The dashboard as a new user sees it (issue: two wrong numbers, runs that cannot be told apart, charts that
 mislead, needless waits). Each test failed before the fix it names."""
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -219,6 +220,16 @@ def test_estimates_come_from_stored_runs(tmp_path):
     dp = ex.run_experiment(FAST.replace(defense="dp_sgd", defense_strength=1.0, seed=3), store=tmp_path).record
     assert "dp_sgd" not in views.estimate_seconds(FAST, [dp, run.record]).basis  # a like-for-like run first
     assert "dp_sgd" in views.estimate_seconds(FAST.replace(defense="dp_sgd"), [run.record, dp]).basis
+    # DP-SGD's reference models cost far more: that must not make the plain run look like one that reused its stages
+    t = run.record.timings
+    slow_dp = dataclasses.replace(dp, timings=dataclasses.replace(
+        dp.timings, shadow_seconds=10 * t.shadow_seconds, label_only_seconds=10 * t.label_only_seconds))
+    assert "dp_sgd" not in views.estimate_seconds(FAST, [slow_dp, run.record]).basis
+    # a like run that reused its stages from the store (they took about no time) is the second choice
+    reused = dataclasses.replace(run.record, config=run.record.config.replace(seed=7), timings=dataclasses.replace(
+        t, shadow_seconds=0.01 * t.shadow_seconds, label_only_seconds=0.01 * t.label_only_seconds))
+    assert "seed 7" not in views.estimate_seconds(FAST, [reused, run.record]).basis
+    assert "seed 7" in views.estimate_seconds(FAST, [reused]).basis
 
 
 def test_view_toggles_survive_a_visit_to_another_page(app, tmp_path):
