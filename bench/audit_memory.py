@@ -20,11 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.memory import peak_mb  # noqa: E402
 from bench.runs import run_config, run_parser  # noqa: E402
+from mia_core.records import ScoreTable  # noqa: E402
 
 
 def child(kind: str, config_json: str, store: str) -> None:
@@ -59,12 +58,9 @@ def measure(kind: str, cfg, store: str) -> dict:
 
 def stored_array_bytes(eval_dir: Path) -> int:
     """Every array of an evaluation folder, uncompressed."""
-    total = 0
-    with np.load(eval_dir / "scores.npz", allow_pickle=False) as z:
-        total += sum(z[n].nbytes for n in z.files)
-    for p in eval_dir.glob("*.npy"):
-        total += np.load(p, mmap_mode="r").nbytes
-    return total
+    table = ScoreTable.load(eval_dir)
+    return sum(a.nbytes for gs in table.groups.values()
+               for a in (gs.index, gs.label, gs.prediction, *gs.scores.values(), *gs.artifacts.values()))
 
 
 def main() -> None:

@@ -104,11 +104,6 @@ def _drop_new_defaults(d: dict[str, Any]) -> None:
 LABEL_ONLY_LINF_SEARCHES = ("rays", "hopskipjump")
 
 
-def _label_only_probes() -> tuple[str, ...]:
-    from .label_only import PROBE_DISTRIBUTIONS
-    return PROBE_DISTRIBUTIONS
-
-
 SHADOW_TRAINING = ("mixed", "fast", "stacked")
 """How shadow models train (`lira.train_shadow_chunk`): fast (fused optimiser; convolutional models one at a time,
 channels-last, on the CPU), mixed (fast, with bfloat16 passes where the device computes them natively) or stacked
@@ -175,7 +170,7 @@ class ExperimentConfig:
     label_only_probes: str = param("low-frequency", E, "HopSkipJump's random probes: low-frequency (drawn on a "
                                    "grid up to 4x coarser and upsampled, QEBA, Li et al. 2020; images of 28 pixels a "
                                    "side or more) or gaussian (core 0.4.0)",
-                                   choices=_label_only_probes, label="label-only probes")
+                                   choices=_names("label_only.PROBE_DISTRIBUTIONS"), label="label-only probes")
     lira_shadows: int = param(16, E, "shadow models for LiRA and shadow-calibrated thresholds (even, >= 2)",
                               low=2, high=4096, label="shadow models")
     shadow_training: str = param("mixed", E, "how the shadow / reference models train: fast (a fused optimiser; on "

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .box import Box, back_in_box, unit_view
-from .models import search_model
+from .models import is_convolutional, search_model
 from .tensors import flat_norm as _dist
 from .tensors import model_device
 from .tensors import per_sample as _view
@@ -51,6 +51,11 @@ bounded by this count (about 0.4 GB). Dense models answer a whole round in one p
 PROBE_DISTRIBUTIONS = ("low-frequency", "gaussian")
 
 
+def _check_probe_distribution(distribution: str) -> None:
+    if distribution not in PROBE_DISTRIBUTIONS:
+        raise ValueError(f"unknown probe distribution '{distribution}'; choose one of {PROBE_DISTRIBUTIONS}.")
+
+
 def low_frequency_factor(shape: tuple[int, ...]) -> int:
     """How much coarser the grid of low-frequency probes is than an input of `shape` (C, H, W): a side of 14
     pixels or more per step, up to 4 (28x28 -> 14x14, 224x224 -> 56x56); 1 (full-resolution Gaussian probes)
@@ -68,8 +73,7 @@ def probe_directions(n: int, k: int, shape: tuple[int, ...], gen: torch.Generato
     low-frequency subspace, where the boundary's normal of an image classifier mostly lies (QEBA, Li et al., CVPR
     2020); Gaussian where that factor is 1. Drawn on the CPU from `gen`, so a seed gives the same probes
     everywhere."""
-    if distribution not in PROBE_DISTRIBUTIONS:
-        raise ValueError(f"unknown probe distribution '{distribution}'; choose one of {PROBE_DISTRIBUTIONS}.")
+    _check_probe_distribution(distribution)
     f = low_frequency_factor(shape) if distribution == "low-frequency" else 1
     if f == 1:
         return torch.randn((n, k, *shape), generator=gen)
@@ -83,8 +87,7 @@ class _Oracle:
 
     def __init__(self, model: nn.Module, n: int, device):
         self.model, self.count = model, torch.zeros(n, dtype=torch.long, device=device)
-        conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
-        self.rows = CONV_ROWS_PER_CALL if conv else None
+        self.rows = CONV_ROWS_PER_CALL if is_convolutional(model) else None
 
     @torch.no_grad()
     def labels(self, x: torch.Tensor) -> torch.Tensor:
@@ -148,8 +151,7 @@ def label_only_distance(
     """
     if norm not in (2.0, math.inf):
         raise ValueError(f"norm must be 2.0 or math.inf, got {norm}.")
-    if probe_distribution not in PROBE_DISTRIBUTIONS:
-        raise ValueError(f"unknown probe distribution '{probe_distribution}'; choose one of {PROBE_DISTRIBUTIONS}.")
+    _check_probe_distribution(probe_distribution)
     box = Box.of(bounds)
     box.check(x)
     if not box.is_unit:

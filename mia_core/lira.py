@@ -27,6 +27,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
 from .config import SHADOW_TRAINING
+from .models import is_convolutional
 from .probabilities import precise_log_softmax
 from .training import make_optimizer
 from .store import atomic_folder, config_hash, discard_folder, folder_problem
@@ -85,7 +86,7 @@ def train_shadow_chunk(
     for m, sub in zip(models, subsets):
         if hasattr(m, "normalize") and hasattr(m.normalize, "fit"):
             m.normalize.fit(x[sub])
-    one_by_one = fused and x.device.type == "cpu" and _convolutional(models[0])
+    one_by_one = fused and x.device.type == "cpu" and is_convolutional(models[0])
     if one_by_one or not _stackable(models[0], x[:2]):
         return _train_one_by_one(models, x, y, subsets, epochs=epochs, batch_size=batch_size, lr=lr,
                                  weight_decay=weight_decay, seed=seed, population=population, optimizer=optimizer,
@@ -134,10 +135,6 @@ def _stackable(model: nn.Module, xb: torch.Tensor) -> bool:
         return True
     except Exception:
         return False
-
-
-def _convolutional(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
 
 
 def bf16_native(device: torch.device) -> bool:

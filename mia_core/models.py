@@ -142,14 +142,18 @@ def probability_grid(
     return xs, xs, prob.reshape(resolution, resolution, -1)
 
 
+def is_convolutional(model: nn.Module) -> bool:
+    """Whether `model` has a convolution (of any dimension): its activations, not its weights, bound a batch."""
+    return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+
+
 def search_model(model: nn.Module, x: torch.Tensor) -> nn.Module:
     """The model a search over inputs like `x` should query: on the CPU, a convolutional network runs 1.5-2x
     faster with its weights in channels-last layout (oneDNN's convolutions and max-pooling), so it is such a
     copy there (the caller's model is never changed), and the model itself everywhere else. The copy's logits
     differ from the original's by float noise of the order of a change in batch composition (~5e-7 relative,
     measured); searches take their final verdicts from the caller's model all the same."""
-    if x.ndim != 4 or model_device(model).type != "cpu" or not any(
-            isinstance(m, nn.Conv2d) for m in model.modules()):
+    if x.ndim != 4 or model_device(model).type != "cpu" or not is_convolutional(model):
         return model
     try:
         fast = copy.deepcopy(model)
