@@ -30,8 +30,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for seed in (int(s) for s in a.seeds.split(",")):
         base = run_config(a, seed=seed)
-        searches = {"0.4.0": base.replace(label_only_queries=1000, label_only_start="noise",
-                                          label_only_linf="hopskipjump"), "now": base}
+        searches = {"0.4.0": base.replace(label_only_queries=1000, label_only_linf_queries=None,
+                                          label_only_start="noise", label_only_linf="hopskipjump",
+                                          label_only_probes="gaussian"), "now": base}
         medians = {}
         for name, cfg in searches.items():
             run = run_experiment(cfg, store=store)

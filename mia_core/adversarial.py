@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .models import search_model
 from .tensors import l2_project
 
 
@@ -50,11 +51,22 @@ def pgd(
 
 
 def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
-                    steps: int = 20, batch_size: int = 512) -> float:
-    """Accuracy under a PGD attack of radius eps (an upper bound of the true robust accuracy)."""
+                    steps: int = 20, batch_size: int = 512, seed: int | None = None) -> float:
+    """Accuracy under a PGD attack of radius eps (an upper bound of the true robust accuracy). With `seed`, PGD's
+    random starts come from that seed, not from whatever state the global generator was left in. PGD steps on
+    the model's search copy (channels-last on the CPU, `models.search_model`); the verdicts are the model's own,
+    in evaluation mode."""
+    fast = search_model(model, x)
+    was_training = model.training
+    model.eval()
     correct = 0
-    for i in range(0, len(x), batch_size):
-        xa = pgd(model, x[i : i + batch_size], y[i : i + batch_size], eps=eps, norm=norm, steps=steps)
-        with torch.no_grad():
-            correct += int((model(xa).argmax(1) == y[i : i + batch_size]).sum())
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        for i in range(0, len(x), batch_size):
+            xa = pgd(fast, x[i : i + batch_size], y[i : i + batch_size], eps=eps, norm=norm, steps=steps)
+            with torch.no_grad():
+                correct += int((model(xa).argmax(1) == y[i : i + batch_size]).sum())
+    model.train(was_training)
     return correct / max(len(x), 1)

@@ -23,6 +23,7 @@ from torch import nn
 
 from .adversarial import pgd
 from .distances import Perturbation, minimal_perturbation
+from .models import search_model
 from .probabilities import OUTPUT_MASKS, log_probabilities, mask_log_probs, precise_log_softmax  # noqa: F401
 from .registry import Registry
 from .tensors import model_device
@@ -102,10 +103,11 @@ def adversarial_confidence_score(model: nn.Module, x: torch.Tensor, y: np.ndarra
     2.5 eps / 20, clipped to [0, 1] (Song, Shokri & Mittal, CCS 2019, inference on adversarial inputs)."""
     device = model_device(model)
     yt = torch.as_tensor(y, device=device)
+    fast = search_model(model, x)  # PGD steps on the channels-last copy; the confidence is the model's own
     out = []
     for i in range(0, len(x), batch_size):
         xb, yb = x[i : i + batch_size].to(device), yt[i : i + batch_size]
-        xa = pgd(model, xb, yb, eps=eps, norm="linf", steps=steps, random_start=False)
+        xa = pgd(fast, xb, yb, eps=eps, norm="linf", steps=steps, random_start=False)
         with torch.no_grad():
             logp = mask_log_probs(precise_log_softmax(model(xa)).cpu().numpy(), mask)
         out.append(confidence_score(logp, yb.cpu().numpy()))

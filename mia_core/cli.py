@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -50,6 +51,15 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _number_or_none(kind, text: str):
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value (or none): '{text}'") from None
+
+
 def _add_run_args(p: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
     """One flag per config field (its metadata gives the help, type, choices and aliases), plus --store/--out;
     `only` limits the fields."""
@@ -63,6 +73,9 @@ def _add_run_args(p: argparse.ArgumentParser, only: tuple[str, ...] | None = Non
         else:
             kw["type"] = prm.kind
             kw["metavar"] = "N" if prm.kind is int else "X"
+            if prm.optional and getattr(d, name) is not None:  # "none" says what the help gives for None
+                kw["type"] = functools.partial(_number_or_none, prm.kind)
+                kw["metavar"] += "|none"
         if name == "defense_strength":  # default: the chosen defense's typical strength
             kw.update(default=None, help=prm.help + " (default: the defense's typical value)")
         else:

@@ -91,7 +91,7 @@ AUDIT_DATA = "your data: "
 """How an audit of a user's own model names its model and data in the config (see `user_audit.py`)."""
 
 NEW_FIELD_DEFAULTS = {"optimizer": "adam", "label_only_start": "noise", "label_only_linf": "hopskipjump",
-                      "shadow_training": "stacked", "label_only_probes": "gaussian"}
+                      "shadow_training": "stacked", "label_only_probes": "gaussian", "label_only_linf_queries": None}
 """Fields added after core 0.4.0, with the value that behaves as 0.4.0 did: left out of the store keys at that
 value, so stored runs stay reusable (and a config that asks for the old behaviour finds them)."""
 
@@ -158,8 +158,13 @@ class ExperimentConfig:
                                   high=10_000_000, label="reference samples scored")
     bootstrap_rounds: int = param(200, E, "bootstrap rounds for confidence intervals (0: none)", low=0,
                                   high=100_000, aliases=("--bootstrap",), label="bootstrap rounds")
-    label_only_queries: int = param(400, E, "label queries per sample for the label-only distance", low=1,
+    label_only_queries: int = param(400, E, "label queries per sample for the label-only distances (L2; and L-inf "
+                                    "when label_only_linf_queries is none)", low=1,
                                     high=10_000_000, label="label-only queries")
+    label_only_linf_queries: int | None = param(200, E, "label queries per sample for the L-inf label-only search "
+                                                "(RayS with 200 finds shorter distances than core 0.4.0's search "
+                                                "with 1,000; none: as label_only_queries)", kind=int, low=1,
+                                                high=10_000_000, optional=True, label="label-only L-inf queries")
     label_only_start: str = param("nearest", E, "where the label-only search starts: nearest (the boundary towards "
                                   "the closest reference samples the model labels otherwise) or noise (uniform noise, "
                                   "as HopSkipJump; core 0.4.0)", choices=lambda: ("nearest", "noise"),
@@ -267,9 +272,19 @@ class ExperimentConfig:
         """Hash of every evaluation field and of the registered attacks (a new attack is a new evaluation)."""
         from .attacks import ATTACKS
 
+        from .label_only import RAYS_SEARCH_STEPS
+
         d = {k: getattr(self, k) for k in self.stage_fields(Stage.EVALUATION)}
         _drop_new_defaults(d)
+        if self.label_only_linf == "rays":  # RayS's radius search took 12 steps before: those runs are not these
+            d["rays_radius_steps"] = RAYS_SEARCH_STEPS
         return config_hash({**d, "attacks": list(ATTACKS), "core": __version__})
+
+    def label_only_budget(self, norm: str) -> int:
+        """The label queries a sample of the `norm` ("l2" or "linf") label-only search may spend."""
+        if norm == "linf" and self.label_only_linf_queries is not None:
+            return self.label_only_linf_queries
+        return self.label_only_queries
 
     def effective_training(self) -> tuple[float, float]:
         """(weight decay, dropout) after a defense that acts through one of them (its strength replaces it)."""
@@ -285,9 +300,10 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ExperimentConfig":
-        """From a stored mapping; fields this version does not know are ignored."""
+        """From a stored mapping; fields this version does not know are ignored, and a field added since the
+        mapping was written takes the value that behaves as the version that wrote it (NEW_FIELD_DEFAULTS)."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{**NEW_FIELD_DEFAULTS, **{k: v for k, v in d.items() if k in names}})
 
 
 DEFAULT_CONFIG = ExperimentConfig()

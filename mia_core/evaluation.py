@@ -10,6 +10,7 @@ shadow models) is computed once, the first time an attack asks for it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import math
@@ -25,11 +26,13 @@ from torch import nn
 
 from . import __version__
 from .attacks import ATTACKS, Cost
+from .adversarial import robust_accuracy
 from .config import ExperimentConfig
 from .data import Dataset, Split
+from .defenses import DEFENSES
 from .box import Box, unit_view
 from .distances import Perturbation, minimal_perturbation
-from .label_only import LabelOnlyResult, label_only_distance
+from .label_only import RAYS_SEARCH_STEPS, LabelOnlyResult, label_only_distance
 from .lira import ShadowSet, lira_scores, phi_from_log_probs, shadow_key, shadow_set
 from .metrics import AttackMetrics, attack_metrics
 from .models import build_model
@@ -37,7 +40,7 @@ from .probabilities import log_probabilities, mask_log_probs
 from .privacy import run_epsilon_bound
 from .rmia import choose_offline_a, rmia_scores, true_label_probability
 from .records import AuditInfo, Environment, GroupScores, RunRecord, ScoreTable, ThresholdReport, Timings, TrainingRecord
-from .store import Store, atomic_folder, config_hash, discard_folder, folder_problem, write_json
+from .store import Store, atomic_folder, config_hash, discard_folder, folder_problem, read_json, write_json
 from .thresholds import attacker_thresholds
 
 Progress = Callable[[str, float], None]
@@ -58,6 +61,7 @@ def reference_subset(split: Split, n: int, seed: int, exclude: np.ndarray) -> np
 
 
 LABEL_ONLY_POOL = 2000
+ROBUST_STEPS = 20  # PGD steps of the robust accuracy
 """Reference samples the label-only search looks among for its starting points (their labels cost one query each)."""
 
 
@@ -116,6 +120,7 @@ class SharedWork:
         self._rmia: dict[str, np.ndarray] | None = None
         self.shadow_seconds = 0.0
         self.parameters: dict[str, float] = {}  # attack parameters chosen during the evaluation
+        self._robust: tuple[float, float] | None = None
 
     @property
     def pool(self) -> np.ndarray:
@@ -182,6 +187,49 @@ class SharedWork:
             }
         return self._rmia
 
+    def robustness(self, training: TrainingRecord) -> TrainingRecord:
+        """`training` with the model's robust accuracy: PGD of ROBUST_STEPS steps in the configured ball (Madry et
+        al., ICLR 2018) on the non-members and on the members, for an undefended or adversarially trained model.
+        A record that has it already (measured while training, by earlier versions), a user's audit and the other
+        defenses are returned as they are. Computed once per trained model and kept beside it (a cost of the
+        white-box stage: it waits for no first result)."""
+        i, cfg = self.inputs, self.inputs.config
+        spec = DEFENSES.get(cfg.defense)
+        if training.defense.robust_accuracy is not None or i.audit is not None or not (
+                spec.adversarial or cfg.defense == "none"):
+            return training
+        if self._robust is None:
+            folder = self._robust_folder()
+            if folder is not None and folder.is_dir() and folder_problem(folder) is None:
+                stored = read_json(folder / "robust.json")
+                self._robust = (float(stored["robust_accuracy"]), float(stored["robust_train_accuracy"]))
+            else:
+                if i.progress:
+                    i.progress("robust accuracy (PGD)", 0.0)
+                ds, split = i.dataset, i.split
+                x = lambda idx: torch.from_numpy(ds.x[idx]).to(i.device)  # noqa: E731
+                y = lambda idx: torch.from_numpy(ds.y[idx]).to(i.device)  # noqa: E731
+                kw = dict(eps=cfg.adv_epsilon, norm=cfg.adv_norm, steps=ROBUST_STEPS, seed=cfg.seed)
+                self._robust = (robust_accuracy(i.model, x(split.nonmembers), y(split.nonmembers), **kw),
+                                robust_accuracy(i.model, x(split.members), y(split.members), **kw))
+                if folder is not None:
+                    discard_folder(folder)
+                    with atomic_folder(folder) as tmp:
+                        write_json(tmp / "robust.json", {"robust_accuracy": self._robust[0],
+                                                         "robust_train_accuracy": self._robust[1]})
+        defense = dataclasses.replace(training.defense, robust_accuracy=self._robust[0],
+                                      robust_train_accuracy=self._robust[1])
+        return dataclasses.replace(training, defense=defense)
+
+    def _robust_folder(self) -> Path | None:
+        i, cfg = self.inputs, self.inputs.config
+        if i.stage_dir is None:
+            return None
+        digest = lambda idx: hashlib.sha256(np.ascontiguousarray(idx).tobytes()).hexdigest()  # noqa: E731
+        key = config_hash({"eps": cfg.adv_epsilon, "norm": cfg.adv_norm, "steps": ROBUST_STEPS, "seed": cfg.seed,
+                           "members": digest(i.split.members), "nonmembers": digest(i.split.nonmembers)})
+        return i.stage_dir / f"robust-{key}"
+
 
 def _read_label_only(folder: Path) -> LabelOnlyResult | None:
     """A stored label-only stage (its adversarial points are not kept), or None if missing or damaged."""
@@ -245,7 +293,7 @@ class GroupScoring:
         return self._perturbations[norm]
 
     def label_only(self, norm: float) -> LabelOnlyResult:
-        """The label-only (HopSkipJump-style) distance of every sample, within config.label_only_queries.
+        """The label-only (HopSkipJump-style) distance of every sample, within config.label_only_budget(norm).
         It depends on the model, the samples, the query budget and the seed, not on the white-box search, so
         it is kept beside the trained model as a stage of its own and reused by every evaluation that agrees."""
         if norm not in self._label_only:
@@ -257,7 +305,7 @@ class GroupScoring:
                 stage = f"label-only search ({name}, by queries spent)"
                 self._progress(stage, 0.0)
                 r = label_only_distance(self.model, self.x, self.y, norm=norm,
-                                        max_queries=self.config.label_only_queries, seed=self.config.seed,
+                                        max_queries=self.config.label_only_budget(name), seed=self.config.seed,
                                         bounds=self.box, progress=lambda f: self._progress(stage, f),
                                         start_pool=self.inputs.label_only_starts(),
                                         linf_search=self.config.label_only_linf,
@@ -274,11 +322,12 @@ class GroupScoring:
     def _label_only_folder(self, name: str) -> Path | None:
         if self.inputs.stage_dir is None:
             return None
-        search = {"queries": self.config.label_only_queries, "seed": self.config.seed, "norm": name,
+        search = {"queries": self.config.label_only_budget(name), "seed": self.config.seed, "norm": name,
                   "samples": hashlib.sha256(np.ascontiguousarray(self.index).tobytes()).hexdigest(),
                   "core": __version__, "start": self.config.label_only_start}
         if name == "linf" and self.config.label_only_linf != "hopskipjump":
             search["linf_search"] = self.config.label_only_linf
+            search["radius_steps"] = RAYS_SEARCH_STEPS  # 12 before RayS took 8 binary-search steps a radius
         hopskipjump = name == "l2" or self.config.label_only_linf == "hopskipjump"  # RayS draws no probes
         if hopskipjump and self.config.label_only_probes != "gaussian":
             search["probes"] = self.config.label_only_probes
@@ -446,7 +495,8 @@ def evaluate(inputs: EvaluationInputs, training: TrainingRecord, store: Store, t
                                 up_to=level, known=known, known_up_to=Cost(level - 1) if level else None)
             metrics = compute_metrics(part.table, bootstrap_rounds=cfg.bootstrap_rounds, seed=cfg.seed)
             pending = tuple(a for a in ATTACKS if ATTACKS.get(a).cost > level)
-            record = summarise(inputs, part, metrics, {}, training, train_key, time.perf_counter() - t0,
+            measured = shared.robustness(training) if level >= Cost.GRADIENTS else training
+            record = summarise(inputs, part, metrics, {}, measured, train_key, time.perf_counter() - t0,
                                pending=pending)
             folder = store.first_dir(train_key, record.eval_key, level)
             discard_folder(folder)
@@ -459,6 +509,7 @@ def evaluate(inputs: EvaluationInputs, training: TrainingRecord, store: Store, t
                            known_up_to=Cost.GRADIENTS if known is not None else None)
     metrics = compute_metrics(scoring.table, bootstrap_rounds=cfg.bootstrap_rounds, seed=cfg.seed)
     thresholds = calibrate_thresholds(inputs, scoring)
+    training = shared.robustness(training)
     record = summarise(inputs, scoring, metrics, thresholds, training, train_key, time.perf_counter() - t0)
     store_evaluation(store.eval_dir(train_key, record.eval_key), scoring.table, record)
     if first_dir is not None:

@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .adversarial import robust_accuracy
 from .config import DEFAULT_CONFIG, ConfigError, ExperimentConfig  # noqa: F401  (re-exported)
 from .data import Dataset, Split, load_dataset, make_split
 from .defenses import DEFENSES, DefenseContext, make_objective
@@ -88,8 +87,9 @@ def _train_stage(cfg: ExperimentConfig, run_dir: Path, ds: Dataset, device, prog
 
 def fit_model(cfg: ExperimentConfig, ds: Dataset, split: Split, xm: torch.Tensor, ym: torch.Tensor, device,
               progress=None) -> tuple[torch.nn.Module, TrainingRecord]:
-    """Train `cfg`'s model and defense on (xm, ym) (or load its checkpoint), and measure it on the split. The
-    training set is usually the split's members; a one-run audit adds its canaries to it."""
+    """Train `cfg`'s model and defense on (xm, ym) (or load its checkpoint), and measure its accuracy on the split.
+    The training set is usually the split's members; a one-run audit adds its canaries to it. Robust accuracy is
+    measured by the evaluation (evaluation.SharedWork.robustness), after its first results."""
     seed_everything(cfg.seed)
     weight_decay, dropout = cfg.effective_training()
     model = build_model(cfg.model, ds.input_shape, ds.num_classes, width=cfg.width, dropout=dropout)
@@ -123,10 +123,6 @@ def fit_model(cfg: ExperimentConfig, ds: Dataset, split: Split, xm: torch.Tensor
             objective.finish(model)
         info = {k: v for k, v in objective.info.items() if k != "best"}
     train_s = time.perf_counter() - t0
-    if spec.adversarial or cfg.defense == "none":
-        xn, yn = x[split.nonmembers], y[split.nonmembers]
-        info["robust_accuracy"] = robust_accuracy(model, xn, yn, eps=cfg.adv_epsilon, norm=cfg.adv_norm)
-        info["robust_train_accuracy"] = robust_accuracy(model, xm, ym, eps=cfg.adv_epsilon, norm=cfg.adv_norm)
     record = TrainingRecord(
         train_accuracy=accuracy(model, xm, ym),
         test_accuracy=accuracy(model, x[split.nonmembers], y[split.nonmembers]),

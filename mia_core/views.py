@@ -324,7 +324,8 @@ def estimate_seconds(config: ExperimentConfig, past: Sequence[RunRecord]) -> Est
     n_new = scored(config, config.members)
     train = t.train_seconds * (config.members * config.epochs) / (c.members * c.epochs)
     search = t.distance_seconds * n_new / n_ref
-    label_only = t.label_only_seconds * (n_new * config.label_only_queries) / (n_ref * c.label_only_queries)
+    budget = lambda cfg: cfg.label_only_budget("l2") + cfg.label_only_budget("linf")  # noqa: E731
+    label_only = t.label_only_seconds * (n_new * budget(config)) / (n_ref * budget(c))
     shadows = t.shadow_seconds * (config.lira_shadows * config.members * config.epochs) / (
         c.lira_shadows * c.members * c.epochs)
     rest = max(t.evaluation_seconds - t.distance_seconds - t.label_only_seconds - t.shadow_seconds, 0.0)

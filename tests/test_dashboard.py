@@ -4,6 +4,7 @@ mislead, needless waits). Each test failed before the fix it names."""
 import dataclasses
 import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -207,7 +208,9 @@ def test_switching_the_search_reuses_the_label_only_stage(tmp_path, monkeypatch)
     np.testing.assert_array_equal(a.scores("label_only_l2", "members"), b.scores("label_only_l2", "members"))
     assert b.record.timings.label_only_seconds < a.record.timings.label_only_seconds
     ex.run_experiment(FAST.replace(label_only_queries=120), store=tmp_path)
-    assert len(calls) == 12  # a different budget is a different stage
+    assert calls[6:] == [2.0] * 3  # a different L2 budget is a different L2 stage; L-inf has its own budget
+    ex.run_experiment(FAST.replace(label_only_queries=120, label_only_linf_queries=120), store=tmp_path)
+    assert calls[9:] == [math.inf] * 3
 
 
 def test_estimates_come_from_stored_runs(tmp_path):

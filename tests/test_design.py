@@ -106,7 +106,7 @@ def test_config_fields_carry_stage_help_and_range():
     assert all(p.help for p in params.values())
     assert set(ExperimentConfig.stage_fields(Stage.EVALUATION)) == {
         "distance_method", "distance_steps", "reference_scored", "bootstrap_rounds", "label_only_queries",
-        "label_only_start", "label_only_linf", "label_only_probes",
+        "label_only_linf_queries", "label_only_start", "label_only_linf", "label_only_probes",
         "lira_shadows", "shadow_training", "rmia_gamma", "rmia_offline_a", "output_mask"}
     assert set(ExperimentConfig.stage_fields(Stage.RUNTIME)) == {"data_dir", "device", "shadow_executor", "ray_address"}
     cfg = ExperimentConfig()
@@ -162,7 +162,16 @@ def test_cli_flags_are_derived_from_the_config(capsys):
         ("deepfool", 7, 9, 0.2)
     a = parser.parse_args(["run", "--defense", "pgd_at"])
     assert config_from_args(a).defense_strength == DEFENSES.get("pgd_at").default_strength
-    for bad in (["--epochs", "0"], ["--batch-size", "0"], ["--width", "0"], ["--device", "foo"]):
+    # an optional number with a default says "none" for what its help gives None
+    assert config_from_args(parser.parse_args(["run"])).label_only_linf_queries == 200
+    for text, value in (("none", None), ("None", None), ("150", 150)):
+        a = parser.parse_args(["run", "--label-only-linf-queries", text])
+        assert config_from_args(a).label_only_linf_queries == value
+    with pytest.raises(SystemExit):
+        parser.parse_args(["run", "--label-only-linf-queries", "many"])
+    assert "invalid int value (or none): 'many'" in capsys.readouterr().err
+    for bad in (["--epochs", "0"], ["--batch-size", "0"], ["--width", "0"], ["--device", "foo"],
+                ["--label-only-linf-queries", "0"]):
         assert main(["run", *bad]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: Invalid configuration") and "Traceback" not in err

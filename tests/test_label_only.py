@@ -61,20 +61,40 @@ def test_the_default_search_is_no_looser_than_core_0_4_at_under_half_the_queries
     x = torch.from_numpy(digits.x[split.nonmembers[:150]])
     y = torch.from_numpy(digits.y[split.nonmembers[:150]])
     pool = torch.from_numpy(digits.x[split.reference[:2000]])
-    for norm in (2.0, math.inf):
+    for norm, name, share in ((2.0, "l2", 0.45), (math.inf, "linf", 0.25)):
         old = label_only_distance(model, x, y, norm=norm, max_queries=1000)
-        new = label_only_distance(model, x, y, norm=norm, max_queries=DEFAULT_CONFIG.label_only_queries,
+        new = label_only_distance(model, x, y, norm=norm, max_queries=DEFAULT_CONFIG.label_only_budget(name),
                                   start_pool=pool, linf_search=DEFAULT_CONFIG.label_only_linf)
         assert np.median(new.norms) <= 1.02 * np.median(old.norms)
-        assert new.queries.mean() <= 0.45 * old.queries.mean()
+        assert new.queries.mean() <= share * old.queries.mean()
+        assert new.queries.max() <= DEFAULT_CONFIG.label_only_budget(name) + 2000 / len(x)  # + the pool's share
 
 
 def test_the_searches_of_core_0_4_keep_their_store_keys():
     """0.4.0's default evaluation, asked for with its label-only settings, finds the folder 0.4.0 stored."""
     old = DEFAULT_CONFIG.replace(label_only_queries=1000, label_only_start="noise", label_only_linf="hopskipjump",
-                                 shadow_training="stacked", label_only_probes="gaussian")
+                                 shadow_training="stacked", label_only_probes="gaussian", label_only_linf_queries=None)
     assert old.eval_key() == "b11fa5e4e0c5299a"
     assert DEFAULT_CONFIG.eval_key() != old.eval_key()
+
+
+def test_the_l_inf_search_has_its_own_budget_and_rays_runs_are_told_apart():
+    """label_only_linf_queries is the L-inf search's budget (none: label_only_queries, as before it existed);
+    RayS's shorter radius search (8 binary-search steps, 12 before) gives its runs new evaluation keys, while
+    HopSkipJump's keep theirs; a stored config without the new fields reads back as the version that wrote it."""
+    from mia_core.config import ExperimentConfig, NEW_FIELD_DEFAULTS
+    from mia_core.label_only import RAYS_SEARCH_STEPS
+
+    assert (DEFAULT_CONFIG.label_only_budget("l2"), DEFAULT_CONFIG.label_only_budget("linf")) == (400, 200)
+    same = DEFAULT_CONFIG.replace(label_only_linf_queries=None)
+    assert same.label_only_budget("linf") == same.label_only_queries == 400
+    assert RAYS_SEARCH_STEPS == 8
+    rays_400 = "26a8a47665b209e3"  # the default evaluation with RayS's 12 steps (before)
+    assert same.eval_key() != rays_400 and DEFAULT_CONFIG.eval_key() not in (rays_400, same.eval_key())
+    stored = {k: v for k, v in DEFAULT_CONFIG.to_dict().items() if k not in NEW_FIELD_DEFAULTS}
+    old = ExperimentConfig.from_dict(stored)
+    assert old == DEFAULT_CONFIG.replace(**NEW_FIELD_DEFAULTS) and old.label_only_budget("linf") == 400
+    assert old.replace(label_only_queries=1000).eval_key() == "b11fa5e4e0c5299a"  # 0.4.0's default, as stored
 
 
 def test_low_frequency_probes_span_only_the_coarse_grid():

@@ -122,6 +122,11 @@ def test_first_results_come_before_the_expensive_attacks_and_change_no_number(tr
             assert "distance_l2" in seen[0][0].pending and "distance_l2" in seen[1][0].defined_attacks()
             assert seen[1][0].attacks["loss"].auc == seen[0][0].attacks["loss"].auc
             assert not list((st.root / "k").glob("first-*"))
+            # robust accuracy is white-box work: not in the first results, measured by the second
+            assert seen[0][0].defense.robust_accuracy is None
+            assert seen[1][0].defense == ends[True].defense
+            assert 0 <= ends[True].defense.robust_accuracy <= ends[True].defense.robust_train_accuracy <= 1
+            assert len(list((st.root / "k").glob("robust-*"))) == 1
     a, ta = opened(Store(tmp_path / "staged-False"), ends[False].run_id)
     b, tb = opened(Store(tmp_path / "staged-True"), ends[True].run_id)
     for g in ("members", "nonmembers", "reference"):
@@ -137,3 +142,44 @@ def test_first_results_come_before_the_expensive_attacks_and_change_no_number(tr
     # and the first results' AUCs are the final ones
     for name in early.defined_attacks():
         assert early.attacks[name].auc == b.attacks[name].auc
+
+
+def test_robust_accuracy_is_measured_once_per_model_from_its_own_seed(trained_mlp, digits, tmp_path, monkeypatch):
+    """The evaluation measures an undefended model's robust accuracy (PGD at adv_epsilon) once and keeps it beside
+    the model: a second evaluation of it reads the stored figure (counted calls of the real PGD evaluation);
+    the figure depends on the configured seed, not on what the global generator drew before; a training record
+    that has the figure (measured while training by earlier versions) keeps it; other defenses get none."""
+    import dataclasses
+
+    from mia_core import evaluation
+    from mia_core.adversarial import robust_accuracy
+    from mia_core.evaluation import SharedWork
+
+    model, split = trained_mlp
+    training = TrainingRecord(1.0, 0.9, 0.9, 1.0, "cpu")
+    calls = []
+    real = evaluation.robust_accuracy
+    monkeypatch.setattr(evaluation, "robust_accuracy", lambda *a, **k: calls.append(k) or real(*a, **k))
+
+    def measured(cfg, record=training, stage="model"):
+        inputs = EvaluationInputs(cfg, digits, split, model, torch.device("cpu"), stage_dir=tmp_path / stage)
+        (tmp_path / stage).mkdir(exist_ok=True)
+        return SharedWork(inputs).robustness(record).defense
+
+    torch.manual_seed(1)
+    first = measured(CFG)
+    assert len(calls) == 2 and {c["seed"] for c in calls} == {CFG.seed}  # non-members, then members
+    torch.manual_seed(2)
+    assert measured(CFG) == first and len(calls) == 2  # read back from the stage folder
+    torch.manual_seed(3)
+    assert measured(CFG, stage="elsewhere") == first and len(calls) == 4  # computed again: the same figure
+    xn, yn = torch.from_numpy(digits.x[split.nonmembers]), torch.from_numpy(digits.y[split.nonmembers])
+    assert first.robust_accuracy == robust_accuracy(model, xn, yn, eps=CFG.adv_epsilon, steps=20, seed=CFG.seed)
+    assert robust_accuracy(model, xn, yn, eps=0.0, seed=0) == pytest.approx(
+        float((model(xn).argmax(1) == yn).float().mean()))  # a ball of radius 0: the accuracy itself
+    weaker = measured(CFG.replace(adv_epsilon=0.3), stage="wider")
+    assert weaker.robust_accuracy < first.robust_accuracy  # a larger ball, a lower robust accuracy
+    old = dataclasses.replace(training, defense=dataclasses.replace(training.defense, robust_accuracy=0.25,
+                                                                   robust_train_accuracy=0.5))
+    assert measured(CFG, old, stage="old").robust_accuracy == 0.25
+    assert measured(CFG.replace(defense="mixup", defense_strength=1.0), stage="mixup").robust_accuracy is None
