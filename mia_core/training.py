@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .models import inference_rows
 from .tensors import model_device
 
 Progress = Callable[[str, float], None]
@@ -69,9 +70,11 @@ def cross_entropy_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
-    """Logits for x in eval mode, batched, on the model's device; returned on that device."""
+def predict_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int | None = None) -> torch.Tensor:
+    """Logits for x in eval mode, in batches (default: `models.inference_rows`, 1,024 but for convolutional
+    networks on the CPU), on the model's device; returned on that device."""
     device = model_device(model)
+    batch_size = batch_size or inference_rows(model, 1024)
     was_training = model.training
     model.eval()
     out = [model(x[i : i + batch_size].to(device)) for i in range(0, len(x), batch_size)]

@@ -118,6 +118,35 @@ def test_the_callers_model_is_left_as_it_was(trained_cnn, digits):
         assert torch.equal(p, before[name]), name
 
 
+def test_the_search_copy_answers_in_chunks_with_the_same_bits(trained_mnist_cnn):
+    """On the CPU a CNN is searched through a channels-last copy that answers at most CPU_CONV_ROWS samples a
+    pass (half with gradients) and rectifies in place after its convolutions and linear layers: the logits and
+    input gradients are bit for bit those of one pass of the copy over all samples (for chunks of equal size),
+    and within float noise of the model's own; the model keeps its out-of-place ReLUs."""
+    from torch import nn
+
+    from mia_core.data import load_dataset
+    from mia_core.models import CPU_CONV_ROWS, RowChunks, search_model
+
+    model, _ = trained_mnist_cnn
+    x = torch.from_numpy(load_dataset("mnist5k").x[: 4 * CPU_CONV_ROWS])
+    fast = search_model(model, x)
+    assert isinstance(fast, RowChunks) and fast.rows == CPU_CONV_ROWS
+    assert all(not m.inplace for m in model.modules() if isinstance(m, nn.ReLU))
+    assert all(m.inplace for m in fast.modules() if isinstance(m, nn.ReLU))  # each follows a conv or linear layer
+    with torch.no_grad():
+        chunked, whole = fast(x), fast.model(x)
+        assert torch.equal(chunked, whole)
+        torch.testing.assert_close(chunked, model(x), rtol=1e-5, atol=1e-5)
+
+    def gradient(net):
+        xx = x.clone().requires_grad_(True)
+        return torch.autograd.grad(torch.log_softmax(net(xx), 1)[:, 0].sum(), xx)[0]
+
+    assert torch.equal(gradient(fast), gradient(fast.model))
+    torch.testing.assert_close(gradient(fast), gradient(model), rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("method", list(SEARCHES))
 @pytest.mark.parametrize("norm", [2.0, math.inf])
 @pytest.mark.parametrize("net", ["trained_mlp", "trained_cnn"])
