@@ -45,7 +45,8 @@ class LabelOnlyResult:
 CONV_ROWS_PER_CALL = 2048
 """Queries a convolutional network answers per forward pass. A probe round asks up to 256 samples x 128 probes
 at once; on a 28x28 CNN of width 256 that was ~6.6 GB for one activation (8.5 GB server memory seen), now
-bounded by this count (about 0.4 GB). Dense models answer a whole round in one pass, as before."""
+bounded by this count (about 0.4 GB; on the CPU the search copy answers 128 of them at a time, models.RowChunks).
+Dense models answer a whole round in one pass, as before."""
 
 
 PROBE_DISTRIBUTIONS = ("low-frequency", "gaussian")
