@@ -172,7 +172,7 @@ layer reads that output."""
 def _relu_in_place(model: nn.Module) -> None:
     """Make the ReLUs of `model`'s sequential chains that follow such a layer rectify in place: the same values
     without allocating and first touching one more activation a layer (a search copy only)."""
-    for seq in (m for m in model.modules() if isinstance(m, nn.Sequential)):
+    for seq in (m for m in model.modules() if type(m) is nn.Sequential):  # a subclass may read layers' outputs
         layers = list(seq)
         for before, layer in zip(layers, layers[1:]):
             if type(layer) is nn.ReLU and isinstance(before, _KEEPS_NO_OUTPUT):
