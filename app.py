@@ -7,15 +7,15 @@ from dashboard import state
 st.set_page_config(page_title="Membership Leakage Explorer", page_icon=":material/visibility:", layout="wide")
 
 PAGES = [
-    st.Page("pages/overview.py", title="Overview", icon=":material/home:", default=True),
-    st.Page("pages/experiment.py", title="Experiment", icon=":material/science:"),
-    st.Page("pages/audit.py", title="Audit your model", icon=":material/upload:"),
-    st.Page("pages/distances.py", title="Distances", icon=":material/straighten:"),
-    st.Page("pages/attacks.py", title="Attacks", icon=":material/target:"),
-    st.Page("pages/defenses.py", title="Defenses", icon=":material/shield:"),
-    st.Page("pages/playground.py", title="Playground", icon=":material/school:"),
-    st.Page("pages/export.py", title="Export", icon=":material/download:"),
-    st.Page("pages/jobs.py", title="Jobs", icon=":material/pending_actions:"),
+    st.Page("app_pages/overview.py", title="Overview", icon=":material/home:", default=True),
+    st.Page("app_pages/experiment.py", title="Experiment", icon=":material/science:"),
+    st.Page("app_pages/audit.py", title="Audit your model", icon=":material/upload:"),
+    st.Page("app_pages/distances.py", title="Distances", icon=":material/straighten:"),
+    st.Page("app_pages/attacks.py", title="Attacks", icon=":material/target:"),
+    st.Page("app_pages/defenses.py", title="Defenses", icon=":material/shield:"),
+    st.Page("app_pages/playground.py", title="Playground", icon=":material/school:"),
+    st.Page("app_pages/export.py", title="Export", icon=":material/download:"),
+    st.Page("app_pages/jobs.py", title="Jobs", icon=":material/pending_actions:"),
 ]
 
 try:

@@ -14,8 +14,8 @@ from mia_core.models import build_model
 
 from conftest import finish_jobs
 
-PAGES = ["pages/overview.py", "pages/experiment.py", "pages/distances.py", "pages/attacks.py",
-         "pages/defenses.py", "pages/playground.py", "pages/export.py"]
+PAGES = ["app_pages/overview.py", "app_pages/experiment.py", "app_pages/distances.py", "app_pages/attacks.py",
+         "app_pages/defenses.py", "app_pages/playground.py", "app_pages/export.py"]
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 FAST = ex.ExperimentConfig(width=64, members=150, epochs=15, bootstrap_rounds=20, reference_scored=100,
                            distance_method="deepfool", lira_shadows=4, label_only_queries=300)
@@ -95,14 +95,14 @@ def test_a_run_id_outside_the_store_is_not_opened(app_store, tmp_path):
         at = _app()
         at.query_params["run"] = rid
         at.run()
-        at.switch_page("pages/attacks.py").run()
+        at.switch_page("app_pages/attacks.py").run()
         assert not at.exception
         assert any("No run is open yet" in i.value for i in at.info)
 
 
 def test_distances_page_toggles_and_shows_auc(app_store):
     rec = _fast_run(app_store).record
-    at = _open("pages/distances.py", app_store, _fast_run(app_store).run_id)
+    at = _open("app_pages/distances.py", app_store, _fast_run(app_store).run_id)
     shown = {m.label: m.value for m in at.metric}
     assert shown["distance attack AUC"] == f"{rec.attacks['distance_l2'].auc:.3f}"
     at.radio(key="hist_norm").set_value("L-inf").run()
@@ -116,7 +116,7 @@ def test_distances_page_toggles_and_shows_auc(app_store):
 def test_attacks_page_threshold_and_table(app_store):
     run = _fast_run(app_store)
     rec = run.record
-    at = _open("pages/attacks.py", app_store, run.run_id)
+    at = _open("app_pages/attacks.py", app_store, run.run_id)
     table = _frame(at, "AUC 95% CI")
     auc = dict(zip(table["id"], table["AUC"]))
     assert list(table["id"]) == list(rec.attacks)
@@ -141,7 +141,7 @@ def test_attacks_page_offers_no_calibrated_threshold_without_reference_scores(ap
     """LiRA has no reference scores: the page shows no 'calibrated' row for it (it used to show threshold -1
     with FPR 0.565), and does show one for an attack that has them."""
     run = _fast_run(app_store)
-    at = _open("pages/attacks.py", app_store, run.run_id)
+    at = _open("app_pages/attacks.py", app_store, run.run_id)
     rows = _frame(at, "precision")
     assert any(r.startswith("calibrated") for r in rows["threshold"])
     at.selectbox(key="thr_attack").set_value("lira_online_fixed").run()
@@ -152,7 +152,7 @@ def test_attacks_page_offers_no_calibrated_threshold_without_reference_scores(ap
 
 
 def test_experiment_page_trains_with_form(app_store):
-    at = _open("pages/experiment.py", app_store)
+    at = _open("app_pages/experiment.py", app_store)
     at.number_input(key="cfg_members").set_value(100)
     at.number_input(key="cfg_epochs").set_value(5)
     at.selectbox(key="cfg_distance_method").set_value("deepfool")
@@ -166,7 +166,7 @@ def test_experiment_page_refuses_an_out_of_range_strength(app_store):
     """Label smoothing of strength 5 used to reach training and crash with a traceback; now the form's config
     is validated first and the user reads what is allowed."""
     before = len(ex.list_runs(app_store))
-    at = _open("pages/experiment.py", app_store)
+    at = _open("app_pages/experiment.py", app_store)
     at.selectbox(key="cfg_defense").set_value("label_smoothing")
     at.number_input(key="cfg_defense_strength").set_value(5.0)
     at.button(key="train").click().run()
@@ -180,7 +180,7 @@ def test_bad_checkpoint_upload_path_gets_a_clear_message(app_store, tmp_path, mo
     bad.write_bytes(b"not a checkpoint at all")
     monkeypatch.setenv("MIA_CHECKPOINT_DIR", str(tmp_path))  # the operator allows this folder
     before = len(ex.list_runs(app_store))
-    at = _open("pages/experiment.py", app_store)
+    at = _open("app_pages/experiment.py", app_store)
     at.text_input(key="ckpt_path").set_value("bad.pt")
     at.button(key="ckpt_evaluate").click().run()
     assert not at.exception
@@ -189,7 +189,7 @@ def test_bad_checkpoint_upload_path_gets_a_clear_message(app_store, tmp_path, mo
 
 
 def test_playground_retrains_on_slider(app_store):
-    at = _open("pages/playground.py", app_store)
+    at = _open("app_pages/playground.py", app_store)
     first = {m.label: m.value for m in at.metric}
     at.select_slider(key="pg_weight_decay").set_value(1e-2).run()
     assert not at.exception
@@ -199,14 +199,14 @@ def test_playground_retrains_on_slider(app_store):
 
 def test_export_page_offers_downloads(app_store):
     run = _fast_run(app_store)
-    at = _open("pages/export.py", app_store, run.run_id)
+    at = _open("app_pages/export.py", app_store, run.run_id)
     labels = [b.label for b in at.get("download_button")]
     assert "Per-sample table (CSV)" in labels and "Summary (JSON)" in labels and labels.count("HTML") == 4
 
 
 def test_defenses_page_trains_and_compares(app_store):
     _fast_run(app_store)
-    at = _open("pages/defenses.py", app_store)
+    at = _open("app_pages/defenses.py", app_store)
     at.multiselect(key="def_chosen").set_value(["label_smoothing"])
     at.run()
     at.button(key="def_train").click().run()
@@ -228,7 +228,7 @@ class _Evil:
 def test_checkpoint_upload_is_validated_and_never_unpickled(app_store, capsys):
     evil = io.BytesIO()
     torch.save({"w": _Evil()}, evil)
-    at = _open("pages/experiment.py", app_store)
+    at = _open("app_pages/experiment.py", app_store)
     at.file_uploader(key="ckpt_upload").upload("model.pt", evil.getvalue()).run()
     at.button(key="ckpt_evaluate").click().run()
     assert not at.exception
@@ -240,7 +240,7 @@ def test_checkpoint_upload_is_validated_and_never_unpickled(app_store, capsys):
     good = io.BytesIO()
     torch.manual_seed(0)
     torch.save(build_model("mlp", (1, 8, 8), 10, width=ex.DEFAULT_CONFIG.width).state_dict(), good)
-    at = _open("pages/experiment.py", app_store)
+    at = _open("app_pages/experiment.py", app_store)
     at.file_uploader(key="ckpt_upload").upload("model.pt", good.getvalue()).run()
     at.button(key="ckpt_evaluate").click().run()
     assert not at.exception, at.exception
@@ -267,7 +267,7 @@ def test_every_page_shows_a_runs_first_results_and_names_what_is_still_computed(
         shutil.copytree(copy, ex.Store(app_store).root / first_id)
         for page in PAGES:
             at = _open(page, app_store, first_id)
-            if page in ("pages/overview.py", "pages/distances.py", "pages/attacks.py", "pages/export.py"):
+            if page in ("app_pages/overview.py", "app_pages/distances.py", "app_pages/attacks.py", "app_pages/export.py"):
                 assert any("Still being computed:" in _shown(i.value) and "Label-only distance" in _shown(i.value)
                            for i in at.info), (page, first_id)
         if first_id.split("/")[1].startswith("first0"):
@@ -291,7 +291,7 @@ def test_every_page_shows_a_runs_first_results_and_names_what_is_still_computed(
     assert any("Still being computed" in _shown(i.value) for i in at.info)
     assert at.metric[0].label == "test accuracy"  # the headline of the first results
     files.write_status(status=Status.FAILED.value, error="ended by the test")
-    at = _open("pages/attacks.py", app_store, first_id)
+    at = _open("app_pages/attacks.py", app_store, first_id)
     table = _frame(at, "AUC 95% CI")
     shown = dict(zip(table["id"], table["AUC"]))
     assert shown["lira_online"] != shown["lira_online"]  # pending: no number yet (NaN)

@@ -74,6 +74,22 @@ def _no_exception(page, where):
     assert errors.count() == 0, f"{where}: {errors.first.inner_text()[:500]}"
 
 
+def test_the_first_visitor_of_a_fresh_server_on_a_deep_link_gets_the_apps_pages(server):
+    """Runs first on a fresh server. The app's pages live in app_pages/: with a `pages/` folder beside app.py,
+    Streamlit served a deep link opened before any session had run app.py as a legacy page (its file names in the
+    sidebar, no job panel), and that session's page never refreshed while its job ran."""
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(server + "/attacks", wait_until="networkidle")
+        _settle(page)
+        nav = page.locator('[data-testid="stSidebarNav"]')
+        assert nav.get_by_role("link", name="Overview").count() == 1, nav.inner_text()
+        assert nav.get_by_role("link", name="app", exact=True).count() == 0
+        assert page.get_by_role("heading", name="Attacks").count() >= 1
+        browser.close()
+
+
 def test_demo_and_every_page_in_chromium(server):
     shots = os.environ.get("MIA_SCREENSHOTS")
     with sync_api.sync_playwright() as pw:

@@ -53,7 +53,7 @@ def _figures(at):
 
 def test_a_checkpoint_is_evaluated_on_the_split_the_user_set(app, tmp_path):
     """The checkpoint button used the form's stale values: 300 members typed, a run with 200 stored."""
-    at = app("pages/experiment.py")
+    at = app("app_pages/experiment.py")
     at.number_input(key="cfg_members").set_value(300)
     at.number_input(key="cfg_width").set_value(64)
     at.run()
@@ -95,7 +95,7 @@ def test_runs_can_be_named_filtered_and_deleted_keeping_the_store_consistent(app
     store = Store(tmp_path)
     store.set_name(a.run_id, "baseline  for class")
     assert store.names() == {a.run_id: "baseline for class"}
-    at = app("pages/experiment.py")
+    at = app("app_pages/experiment.py")
     listed = at.data_editor[0].value
     assert len(listed) == 3 and "baseline for class" in set(listed["name"])
     at.text_input(key="runs_filter").set_value("baseline class").run()
@@ -140,14 +140,14 @@ def test_roc_curves_stay_distinguishable_past_eight_attacks():
 def test_overview_roc_includes_the_headline_attack(app, tmp_path):
     run = ex.run_experiment(FAST, store=tmp_path)
     head = views.headline(run.record)
-    at = app("pages/overview.py", run.run_id)
+    at = app("app_pages/overview.py", run.run_id)
     names = {t.get("name", "") for f in _figures(at) for t in f["data"]}
     assert any(n.startswith(head.best_attack + " (AUC") for n in names)
 
 
 def test_attacks_page_shows_every_attack_and_says_which_tpr_levels_are_unresolved(app, tmp_path):
     run = ex.run_experiment(FAST.replace(members=90), store=tmp_path)  # 90 non-members: FPR 1% is < 1 sample
-    at = app("pages/attacks.py", run.run_id)
+    at = app("app_pages/attacks.py", run.run_id)
     table = [el.value for el in at.dataframe if "AUC 95% CI" in el.value.columns][0]
     assert len(table) == len(run.record.attacks) and views.table_height(len(table)) > 35 * len(table)
     note = [c.value for c in at.caption if "needs at least" in c.value]
@@ -166,7 +166,7 @@ def test_attacks_page_shows_every_attack_and_says_which_tpr_levels_are_unresolve
 
 def test_export_html_opens_offline_and_titles_differ(app, tmp_path):
     run = ex.run_experiment(FAST, store=tmp_path)
-    at = app("pages/export.py", run.run_id)
+    at = app("app_pages/export.py", run.run_id)
     titles = [f["layout"]["title"]["text"] for f in _figures(at)]
     assert len(set(titles)) == len(titles) == 4
     html = figures.roc_figure({"loss": roc_points(*run.table.member_nonmember("loss"))}).to_html(
@@ -175,7 +175,7 @@ def test_export_html_opens_offline_and_titles_differ(app, tmp_path):
 
 
 def test_playground_shows_classes_a_histogram_a_lesson_and_the_spread_over_seeds(app):
-    at = app("pages/playground.py")
+    at = app("app_pages/playground.py")
     figs = _figures(at)
     assert any("distance" in f["layout"]["title"]["text"].lower() and f["data"][0]["type"] == "bar" for f in figs)
     points = [t for t in figs[0]["data"] if t.get("name") in ("members", "non-members") and t["x"] != [None]]
@@ -237,10 +237,10 @@ def test_estimates_come_from_stored_runs(tmp_path):
 
 def test_view_toggles_survive_a_visit_to_another_page(app, tmp_path):
     run = ex.run_experiment(FAST, store=tmp_path)
-    at = app("pages/attacks.py", run.run_id)
+    at = app("app_pages/attacks.py", run.run_id)
     at.toggle(key="roc_log").set_value(True).run()
-    at.switch_page("pages/overview.py").run()
-    at.switch_page("pages/attacks.py").run()
+    at.switch_page("app_pages/overview.py").run()
+    at.switch_page("app_pages/attacks.py").run()
     assert at.toggle(key="roc_log").value is True
 
 
@@ -271,7 +271,7 @@ def test_an_onnx_model_and_a_table_uploaded_in_the_app_are_audited(app, tmp_path
     csv = tmp_path / "patients.csv"
     frame = patients_csv(csv)
     blob, net, x, y = onnx_for_table(csv)
-    at = app("pages/audit.py")
+    at = app("app_pages/audit.py")
     assert at.button(key="audit_run").disabled
     at.file_uploader(key="audit_data").set_value(("patients.csv", csv.read_bytes(), "text/csv")).run()
     at.file_uploader(key="audit_model").set_value(("clinic.onnx", blob, "application/octet-stream")).run()
@@ -291,9 +291,9 @@ def test_an_onnx_model_and_a_table_uploaded_in_the_app_are_audited(app, tmp_path
     with torch.no_grad():
         logp = torch.log_softmax(net(torch.from_numpy(x[g.index])).double(), 1).numpy()
     np.testing.assert_allclose(g.scores["loss"], logp[np.arange(len(g.index)), g.label], atol=1e-4)
-    at.switch_page("pages/overview.py").run()
+    at.switch_page("app_pages/overview.py").run()
     assert any("Your model: clinic.onnx" in i.value and "input box" in i.value for i in at.info), [i.value for i in at.info]
-    at.switch_page("pages/distances.py").run()
+    at.switch_page("app_pages/distances.py").run()
     assert not at.exception
     changes = [d.value for d in at.dataframe if "at the boundary" in d.value.columns][0]
     assert {"feature", "value", "at the boundary", "change"} <= set(changes.columns) and len(changes) >= 1
@@ -301,7 +301,7 @@ def test_an_onnx_model_and_a_table_uploaded_in_the_app_are_audited(app, tmp_path
     assert "mean radius" in changes["feature"].tolist() or len(changes) < 30  # in the table's own names
     # a bad upload: a clear message and nothing stored
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    at.switch_page("pages/audit.py").run()
+    at.switch_page("app_pages/audit.py").run()
     at.file_uploader(key="audit_data").set_value(("patients.csv", csv.read_bytes(), "text/csv")).run()
     at.file_uploader(key="audit_model").set_value(("clinic.onnx", b"not a model", "application/octet-stream")).run()
     at.button(key="audit_run").click().run()

@@ -77,7 +77,7 @@ def test_a_registered_attack_appears_on_the_attacks_page(toy_run, monkeypatch):
         at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
         at.query_params["run"] = run.run_id
         at.run()
-        at.switch_page("pages/attacks.py").run()
+        at.switch_page("app_pages/attacks.py").run()
         assert not at.exception, at.exception
         table = [df.value for df in at.dataframe if "AUC 95% CI" in df.value.columns][0]
         assert "toy_input_norm" in list(table["id"]) and "Toy: input L1 norm" in list(table["attack"])

@@ -60,17 +60,17 @@ def test_an_empty_summary_is_reported_not_crashing_listings(tmp_path, capsys):
     # the app's pages that list the store keep working for every visitor, and say which run is damaged
     os.environ["MIA_STORE"] = str(tmp_path)
     try:
-        for page in ("pages/experiment.py", "pages/defenses.py"):
+        for page in ("app_pages/experiment.py", "app_pages/defenses.py"):
             at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
             at.run()
             at.switch_page(page).run()
             assert not at.exception, at.exception
-            if page == "pages/experiment.py":
+            if page == "app_pages/experiment.py":
                 assert any("Damaged run" in w.value and "summary" in w.value for w in at.warning)
         at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
         at.query_params["run"] = run.run_id
         at.run()
-        at.switch_page("pages/attacks.py").run()
+        at.switch_page("app_pages/attacks.py").run()
         assert not at.exception and any("damaged" in w.value for w in at.warning)
     finally:
         del os.environ["MIA_STORE"]
@@ -182,7 +182,7 @@ def _experiment_page(store, **env):
         os.environ["MIA_STORE"] = str(store)
         at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
         at.run()
-        at.switch_page("pages/experiment.py").run()
+        at.switch_page("app_pages/experiment.py").run()
         return at
     finally:
         for k in ("MIA_STORE", *env):
@@ -207,7 +207,7 @@ def test_an_upload_that_does_not_fit_is_not_kept_and_names_are_shown_as_written(
     try:
         at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
         at.run()
-        at.switch_page("pages/experiment.py").run()
+        at.switch_page("app_pages/experiment.py").run()
         at.file_uploader(key="ckpt_upload").upload(name, buf.getvalue()).run()
         at.button(key="ckpt_evaluate").click().run()
     finally:

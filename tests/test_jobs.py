@@ -135,24 +135,24 @@ def test_a_job_outlives_the_page_and_a_reload_finds_it(tmp_path, monkeypatch):
     at = app().run()
     at.button(key="demo").click().run()
     jid = at.query_params["job"]
-    at.switch_page("pages/attacks.py").run()  # leaving the page does not stop it
+    at.switch_page("app_pages/attacks.py").run()  # leaving the page does not stop it
     assert JobQueue(tmp_path).get(jid).status.active
     reloaded = app()
     reloaded.query_params["job"] = jid
     reloaded.run()
     assert any("Computing the demo in the background" in i.value for i in reloaded.info)
-    reloaded.switch_page("pages/jobs.py").run()
+    reloaded.switch_page("app_pages/jobs.py").run()
     table = [d.value for d in reloaded.dataframe if "status" in d.value.columns][0]
     assert table["job"].tolist() == ["the demo"] and table["status"].iloc[0] in ("queued", "running")
     finish_jobs(reloaded, tmp_path)
-    reloaded.switch_page("pages/overview.py").run()
+    reloaded.switch_page("app_pages/overview.py").run()
     assert reloaded.query_params["run"] == JobQueue(tmp_path).get(jid).run_id
     assert any(m.label == "test accuracy" for m in reloaded.metric)
     # the Jobs page's Cancel really stops a job
     queue = JobQueue(tmp_path)
     slow = queue.submit(SLOW.replace(seed=7), label="to cancel")
     _wait_for_stage(queue, slow.id, ("training", "distances", "label-only", "starting"))
-    reloaded.switch_page("pages/jobs.py").run()
+    reloaded.switch_page("app_pages/jobs.py").run()
     reloaded.selectbox(key="jobs_cancel_pick").set_value(slow.id)
     reloaded.button(key="jobs_cancel").click().run()
     assert queue.get(slow.id).status is Status.CANCELLED and _temporaries(tmp_path) == []
@@ -164,7 +164,7 @@ def test_the_app_refuses_a_job_over_the_servers_limits(tmp_path, monkeypatch):
     monkeypatch.setenv("MIA_STORE", str(tmp_path))
     monkeypatch.setenv("MIA_MAX_MEMBERS", "150")
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
-    at.switch_page("pages/experiment.py").run()
+    at.switch_page("app_pages/experiment.py").run()
     at.number_input(key="cfg_members").set_value(200)
     at.button(key="train").click().run()
     assert any("members 200 is over this server's limit of 150 (MIA_MAX_MEMBERS)" in e.value.replace("\\", "")

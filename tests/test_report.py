@@ -77,7 +77,7 @@ def _export_page_after(button, store, monkeypatch):
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
     at.query_params["run"] = list_runs(store)[0].run_id
     at.run()
-    at.switch_page("pages/export.py").run()
+    at.switch_page("app_pages/export.py").run()
     at.button(key=button).click().run()
     assert not at.exception, at.exception
     return at

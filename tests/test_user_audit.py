@@ -173,7 +173,7 @@ def test_an_audit_of_a_python_module_opens_on_every_page_and_the_table_demo_runs
     run = mia_core.audit(net, members, nonmembers, bounds=(-2, 2), name="ResidualMLP", config=FAST, store=tmp_path)
     monkeypatch.setenv("MIA_STORE", str(tmp_path))
     app = str(Path(__file__).resolve().parents[1] / "app.py")
-    for page in ("pages/overview.py", "pages/distances.py", "pages/attacks.py", "pages/export.py"):
+    for page in ("app_pages/overview.py", "app_pages/distances.py", "app_pages/attacks.py", "app_pages/export.py"):
         at = AppTest.from_file(app, default_timeout=120)
         at.query_params["run"] = run.run_id
         at.run()
@@ -187,7 +187,7 @@ def test_an_audit_of_a_python_module_opens_on_every_page_and_the_table_demo_runs
     finish_jobs(at, tmp_path)
     assert not at.exception
     assert "breast_cancer" in [r.record.config.dataset for r in list_runs(tmp_path)]
-    at.switch_page("pages/distances.py").run()
+    at.switch_page("app_pages/distances.py").run()
     changes = [d.value for d in at.dataframe if "at the boundary" in d.value.columns]
     assert changes and changes[0]["feature"].iloc[0] in load_dataset("breast_cancer").feature_names
     options = at.selectbox(key="explore_farthest_members").options  # classes by their names in the table

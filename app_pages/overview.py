@@ -33,7 +33,7 @@ with left:
             st.rerun()
         except state.RUN_ERRORS as err:
             state.show_error(err)
-    st.page_link("pages/audit.py", label="Audit your own model (ONNX) on your own data", icon=":material/upload:")
+    st.page_link("app_pages/audit.py", label="Audit your own model (ONNX) on your own data", icon=":material/upload:")
 with right:
     st.plotly_chart(figures.schematic_figure(), width="stretch")
 
@@ -72,5 +72,5 @@ with b:
     names = [n for n in dict.fromkeys([head.best_attack, "distance_l2", "loss", "modified_entropy"]) if n in scored]
     st.plotly_chart(figures.roc_figure(state.rocs(run, names), aucs={n: rec.attacks[n].auc for n in names}),
                     width="stretch")
-st.page_link("pages/distances.py", label="Explore the distances", icon=":material/straighten:")
-st.page_link("pages/attacks.py", label="Compare every attack", icon=":material/target:")
+st.page_link("app_pages/distances.py", label="Explore the distances", icon=":material/straighten:")
+st.page_link("app_pages/attacks.py", label="Compare every attack", icon=":material/target:")
