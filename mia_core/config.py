@@ -271,7 +271,6 @@ class ExperimentConfig:
     def eval_key(self) -> str:
         """Hash of every evaluation field and of the registered attacks (a new attack is a new evaluation)."""
         from .attacks import ATTACKS
-
         from .label_only import RAYS_SEARCH_STEPS
 
         d = {k: getattr(self, k) for k in self.stage_fields(Stage.EVALUATION)}

@@ -61,8 +61,10 @@ def reference_subset(split: Split, n: int, seed: int, exclude: np.ndarray) -> np
 
 
 LABEL_ONLY_POOL = 2000
-ROBUST_STEPS = 20  # PGD steps of the robust accuracy
 """Reference samples the label-only search looks among for its starting points (their labels cost one query each)."""
+
+ROBUST_STEPS = 20
+"""PGD steps of the robust accuracy (SharedWork.robustness), as the training stage took before."""
 
 
 def scored_groups(split: Split, cfg: ExperimentConfig) -> dict[str, np.ndarray]:
