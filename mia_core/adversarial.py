@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .models import search_model
+from .models import gradient_slices, search_model
 from .tensors import l2_project
 
 
@@ -35,10 +35,10 @@ def pgd(
         delta = (torch.rand_like(x) * 2 - 1) * eps if norm == "linf" else l2_project(torch.randn_like(x) * eps, eps)
     delta = (x + delta).clamp(0, 1) - x
     for _ in range(steps):
-        delta.requires_grad_(True)
-        logits = model(x + delta)
-        loss = loss_fn(logits) if loss_fn else F.cross_entropy(logits, y, reduction="sum")
-        (g,) = torch.autograd.grad(loss, delta)
+        if loss_fn is None:  # the summed cross-entropy: a sum over samples, differentiated chunk by chunk
+            g = torch.cat([_loss_gradient(model, x[r], y[r], delta[r], None) for r in gradient_slices(model, len(x))])
+        else:
+            g = _loss_gradient(model, x, y, delta, loss_fn)
         with torch.no_grad():
             if norm == "linf":
                 delta = (delta + step_size * g.sign()).clamp(-eps, eps)
@@ -48,6 +48,14 @@ def pgd(
             delta = (x + delta).clamp(0, 1) - x
     model.train(was_training)
     return (x + delta).detach()
+
+
+def _loss_gradient(model, x, y, delta, loss_fn) -> torch.Tensor:
+    """The gradient with respect to delta of the summed cross-entropy (or `loss_fn(logits)`) at x + delta."""
+    delta = delta.detach().requires_grad_(True)
+    logits = model(x + delta)
+    loss = loss_fn(logits) if loss_fn else F.cross_entropy(logits, y, reduction="sum")
+    return torch.autograd.grad(loss, delta)[0]
 
 
 def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .box import Box, back_in_box, unit_view
-from .models import is_convolutional, search_model
+from .models import is_convolutional, logits_in_rows, search_model
 from .tensors import flat_norm as _dist
 from .tensors import model_device
 from .tensors import per_sample as _view
@@ -232,6 +232,22 @@ def _nearest_start(oracle, x, y, pool, p, steps, todo, k=3):
     return best, torch.isfinite(best_norm)
 
 
+def _probe_verdicts(oracle, xa, delta, u, y, owner) -> torch.Tensor:
+    """Whether each probe xa_i + delta_i u_ij (clipped to the box) is adversarial, [n * k] in the order of u
+    [n, k, ...]; the probes are built and asked as many at a time as the oracle answers in one pass (one slice of
+    them in memory for a convolutional network; a dense one answers the whole round at once)."""
+    n, k = u.shape[:2]
+    flat_u = u.flatten(0, 1)
+    step = oracle.rows or max(n * k, 1)
+    verdicts = []
+    for start in range(0, n * k, step):
+        rows = torch.arange(start, min(start + step, n * k), device=u.device)
+        of = rows // k
+        probe = flat_u[rows] * _view(delta[of], flat_u[rows])
+        verdicts.append(oracle.is_adversarial(probe.add_(xa[of]).clamp_(0, 1), y[of], owner[of]))
+    return torch.cat(verdicts)
+
+
 def _search_batch(model, oracle_model, x, y, p, max_queries, probes, search_steps, gen, report=None, pool=None,
                   probe_distribution="gaussian"):
     n, dim = len(x), x[0].numel()
@@ -278,13 +294,11 @@ def _search_batch(model, oracle_model, x, y, p, max_queries, probes, search_step
         dist = _dist(xa - xo, p)
         delta = (dist / math.sqrt(dim) if p == 2.0 else dist / 4).clamp_min(1e-6)
         u = probe_directions(len(idx), n_probe, tuple(x.shape[1:]), gen, probe_distribution).to(x.device)
-        u = u / _dist(u.flatten(0, 1), 2.0).view(len(idx), n_probe, *([1] * (x.ndim - 1)))
-        probe = (xa[:, None] + delta.view(-1, 1, *([1] * (x.ndim - 1))) * u).clamp(0, 1)
-        owners = idx.repeat_interleave(n_probe)
-        phi = oracle.is_adversarial(probe.flatten(0, 1), ya.repeat_interleave(n_probe), owners).float()
+        u /= _dist(u.flatten(0, 1), 2.0).view(len(idx), n_probe, *([1] * (x.ndim - 1)))
+        phi = _probe_verdicts(oracle, xa, delta, u, ya, idx).float()
         phi = (2 * phi - 1).view(len(idx), n_probe)
         phi = phi - phi.mean(1, keepdim=True)  # baseline, as in HopSkipJump
-        g = (phi.view(len(idx), n_probe, *([1] * (x.ndim - 1))) * u).mean(1)
+        g = u.mul_(phi.view(len(idx), n_probe, *([1] * (x.ndim - 1)))).mean(1)  # the probes are not needed after
         g = g.sign() if math.isinf(p) else g / _dist(g, 2.0).clamp_min(1e-12).view(-1, *([1] * (x.ndim - 1)))
         eps = dist / math.sqrt(t)
         cand = xa.clone()
@@ -302,7 +316,7 @@ def _search_batch(model, oracle_model, x, y, p, max_queries, probes, search_step
         better = _dist(moved - xo, p) < dist
         best[idx[better]] = moved[better]
     with torch.no_grad():
-        final_adv = model(best).argmax(1) != y
+        final_adv = logits_in_rows(model, best).argmax(1) != y
     success = (found & final_adv) | wrong
     norms = torch.where(success, _dist((best - x).double(), p), torch.inf)
     norms = torch.where(wrong, 0.0, norms)
@@ -372,7 +386,7 @@ def _ray_search_batch(model, oracle_model, x, y, max_queries, search_steps, pool
     success = torch.isfinite(r_best)
     with torch.no_grad():
         best = torch.where(_view(success, x), point(everyone, d, torch.where(success, r_best, 0.0)), x)
-        final_adv = model(best).argmax(1) != y
+        final_adv = logits_in_rows(model, best).argmax(1) != y
     success = (success & final_adv) | wrong
     norms = torch.where(success, _dist((best - x).double(), math.inf), torch.inf)
     norms = torch.where(wrong, 0.0, norms)

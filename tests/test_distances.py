@@ -254,3 +254,87 @@ def test_inputs_outside_the_bounds_are_refused():
     with pytest.raises(ValueError, match="low < high"):
         minimal_perturbation(model, x, bounds=(3, 1))
     assert minimal_perturbation(model, x, bounds=(0, 2)).success.all()
+
+
+class _SavedBytes:
+    """Bytes of the tensors autograd graphs hold for their backward passes: now and at the most (saved-tensor
+    hooks; a packed tensor is released with the graph that saved it)."""
+
+    def __init__(self):
+        self.live = self.peak = 0
+
+    def __enter__(self):
+        import weakref
+
+        class Held:
+            def __init__(self, t):
+                self.t = t
+
+        def pack(t):
+            held, size = Held(t), t.numel() * t.element_size()
+            self.live += size
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(held, self._release, size)
+            return held
+
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda held: held.t)
+        self._hooks.__enter__()
+        return self
+
+    def _release(self, size):
+        self.live -= size
+
+    def __exit__(self, *exc):
+        self._hooks.__exit__(*exc)
+
+
+def test_a_search_holds_one_chunks_graph_at_a_time_with_the_same_bits(trained_mnist_cnn):
+    """The CPU search copy's searches (FMN, DeepFool's linearisations, PGD) differentiate a batch chunk by chunk
+    (models.gradient_slices): the gradients are bit for bit those of one backward pass through the whole batch,
+    and what autograd holds at once is one chunk's graph, not the batch's (a 512-sample batch held 600 MB)."""
+    from mia_core.adversarial import _loss_gradient, pgd
+    from mia_core.data import load_dataset
+    from mia_core.distances.deepfool import _linearised, _vjps
+    from mia_core.distances.fmn import _margin_gradient
+    from mia_core.models import CPU_CONV_ROWS, gradient_slices, search_model
+    from mia_core.tensors import margin
+
+    model, _ = trained_mnist_cnn
+    ds = load_dataset("mnist5k")
+    x, y = torch.from_numpy(ds.x[:512]), torch.from_numpy(ds.y[:512])
+    fast = search_model(model, x)
+    rows = gradient_slices(fast, len(x))
+    assert len(rows) == 512 // (CPU_CONV_ROWS // 2) and gradient_slices(model, 512) == [slice(0, 512)]
+    delta = torch.rand_like(x) * 0.1
+
+    def whole(objective):  # one graph over the whole batch, as the searches differentiated before
+        d = delta.clone().requires_grad_(True)
+        logits = fast(x + d)
+        return logits.detach(), torch.autograd.grad(objective(logits).sum(), d)[0]
+
+    logits, grad = _margin_gradient(fast, x, delta, y)
+    logits_whole, grad_whole = whole(lambda z: margin(z, y))
+    assert torch.equal(logits, logits_whole) and torch.equal(grad, grad_whole)
+    ce = torch.cat([_loss_gradient(fast, x[r], y[r], delta[r], None) for r in rows])
+    assert torch.equal(ce, whole(lambda z: torch.nn.functional.cross_entropy(z, y, reduction="none"))[1])
+    xa = (x + delta).clamp(0, 1)
+    parts = [_linearised(fast, xa[r], y[r], torch.zeros(r.stop - r.start, dtype=torch.bool), 3) for r in rows]
+    w = torch.cat([p[3] for p in parts], dim=1)
+    classes = torch.cat([p[2] for p in parts])
+    xg = xa.clone().requires_grad_(True)
+    out = fast(xg)
+    grad_out = torch.zeros(2, *out.shape)
+    grad_out.scatter_(2, classes[:, 1:].T[:, :, None], 1.0)
+    grad_out.scatter_(2, classes[None, :, :1].expand(2, -1, -1), -1.0)
+    assert torch.equal(w, _vjps(out, xg, grad_out))
+
+    with _SavedBytes() as one:
+        _margin_gradient(fast, x[rows[0]], delta[rows[0]], y[rows[0]])
+    with _SavedBytes() as batch:
+        whole(lambda z: margin(z, y))
+    for search in (lambda: minimal_perturbation(model, x, norm=2.0, method="fmn"),
+                   lambda: minimal_perturbation(model, x, norm=math.inf, method="superdeepfool"),
+                   lambda: pgd(fast, x, y, eps=0.1, steps=2)):
+        with _SavedBytes() as held:
+            search()
+        assert held.peak <= 1.5 * one.peak < batch.peak / 4

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..box import Box, back_in_box, unit_view
-from ..models import search_model
+from ..models import logits_in_rows, search_model
 from ..registry import Registry
 from ..tensors import model_device, signed_margin, strict_float32
 from .deepfool import SUPERDEEPFOOL_PROJECTIONS, deepfool, deepfool_search, superdeepfool_search
@@ -156,8 +156,7 @@ def _minimal_perturbation(model, x, norm, labels, method, search, steps, batch_s
     parts = []
     for start in range(0, n, batch_size):
         xb = x[start : start + batch_size].to(device, torch.float32)
-        with torch.no_grad():
-            logits = model(xb)
+        logits = logits_in_rows(model, xb)
         pred = logits.argmax(1)
         y = pred if labels is None else labels[start : start + batch_size].to(device)
         correct = pred == y

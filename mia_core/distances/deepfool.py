@@ -8,6 +8,7 @@ import math
 import torch
 from torch import nn
 
+from ..models import gradient_slices
 from ..tensors import box_blocked, dual, flat_norm, is_adversarial, per_sample
 
 
@@ -61,28 +62,25 @@ def deepfool(
     rounds_left = torch.full((b,), projections, device=x.device)
     active = torch.arange(b, device=x.device)
     for it in range(steps + 1):
-        xa = (x[active] + (1 + overshoot) * r_tot[active]).clamp(0, 1).requires_grad_(True)
-        logits = model(xa)
+        xa = (x[active] + (1 + overshoot) * r_tot[active]).clamp(0, 1)
         ya = y[active]
-        crossed = is_adversarial(logits.detach(), ya)
-        d_norm = flat_norm(xa.detach() - x[active], norm)
+        # the logits, and the gradients of z_k - z_y for the C - 1 candidates k of the samples not done, chunk
+        # by chunk (models.gradient_slices: one chunk's graph at a time)
+        parts = [_linearised(model, xa[rows], ya[rows], rounds_left[active[rows]] <= 0,
+                             candidates if it == 0 else later_candidates) for rows in gradient_slices(model, len(xa))]
+        logits, crossed, classes = (torch.cat(p) for p in list(zip(*parts))[:3])
+        d_norm = flat_norm(xa - x[active], norm)
         better = crossed & (d_norm < best[active])
-        x_adv[active[better]] = xa.detach()[better]
+        x_adv[active[better]] = xa[better]
         best[active[better]] = d_norm[better]
         done = crossed & (rounds_left[active] <= 0)
         if bool(done.all()):
             break
-        classes = _candidate_classes(logits.detach(), ya, candidates if it == 0 else later_candidates)  # y first
-        c = classes.shape[1]
-        # logit differences z_k - z_y directly: C - 1 backward passes, not C
-        grad_out = torch.zeros(c - 1, *logits.shape, device=x.device, dtype=logits.dtype)
-        grad_out.scatter_(2, classes[:, 1:].T[:, :, None], 1.0)
-        grad_out.scatter_(2, classes[None, :, :1].expand(c - 1, -1, -1), -1.0)
-        w = _vjps(logits, xa, grad_out)  # [C-1, B, ...] = grad of z_k - z_y
         keep = ~done
-        active, classes, w, crossed = active[keep], classes[keep], w[:, keep], crossed[keep]
-        x0, xk = x[active], xa.detach()[keep]
-        z = logits.detach()[keep].gather(1, classes)  # [B, C], z[:, 0] = z_y
+        w = torch.cat([p[3] for p in parts if p[3] is not None], dim=1)  # [C-1, B kept, ...]
+        active, classes, crossed = active[keep], classes[keep], crossed[keep]
+        x0, xk = x[active], xa[keep]
+        z = logits[keep].gather(1, classes)  # [B, C], z[:, 0] = z_y
         f = (z[:, 1:] - z[:, :1]).T  # [C-1, B], negative while not adversarial
         # A DeepFool step goes from the current point to the linearised boundary f + w . s = 0. A crossed
         # sample is projected instead: from the clean point onto the tangent hyperplane w . (x' - x0) = w . r - f
@@ -101,6 +99,25 @@ def deepfool(
         r_tot[active] = torch.where(per_sample(crossed, step), step, r_tot[active] + step)
         rounds_left[active[crossed]] -= 1
     return x_adv, torch.isfinite(best)
+
+
+def _linearised(model, xa, ya, last_round, candidates):
+    """One chunk of a DeepFool step: (logits, crossed, the candidate classes [B, C] with y first, and the gradients
+    of z_k - z_y [C-1, B', ...] for the B' samples not done (crossed in their last round), None if there are none).
+    The logit differences are differentiated directly: C - 1 backward passes, not C."""
+    xa = xa.detach().requires_grad_(True)
+    logits = model(xa)
+    out = logits.detach()
+    crossed = is_adversarial(out, ya)
+    classes = _candidate_classes(out, ya, candidates)
+    keep = ~(crossed & last_round)
+    if not keep.any():
+        return out, crossed, classes, None
+    c = classes.shape[1]
+    grad_out = torch.zeros(c - 1, *logits.shape, device=xa.device, dtype=logits.dtype)
+    grad_out.scatter_(2, classes[:, 1:].T[:, :, None], 1.0)
+    grad_out.scatter_(2, classes[None, :, :1].expand(c - 1, -1, -1), -1.0)
+    return out, crossed, classes, _vjps(logits, xa, grad_out)[:, keep]
 
 
 SUPERDEEPFOOL_PROJECTIONS = 2

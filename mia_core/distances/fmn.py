@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from ..models import gradient_slices
 from ..tensors import box_blocked, dual, flat_norm, is_adversarial, margin, per_sample
 from .deepfool import superdeepfool_search
 from .refine import refined
@@ -50,17 +51,12 @@ def fmn(
         cos = (1 + math.cos(math.pi * i / steps)) / 2
         alpha = alpha_final + (alpha_init - alpha_final) * cos
         gamma = gamma_final + (gamma_init - gamma_final) * cos
-        delta.requires_grad_(True)
+        logits, grad = _margin_gradient(model, x, delta, y)
         xa = x + delta
-        logits = model(xa)
         m = margin(logits, y)
-        (grad,) = torch.autograd.grad(m.sum(), delta)
-        delta = delta.detach()
-        m = m.detach()
         # Directions that would leave the [0, 1] box are blocked: drop them, or the search stalls at the box.
-        xa = xa.detach()
         grad = -box_blocked(-grad, xa)  # FMN steps along -grad
-        is_adv = is_adversarial(logits.detach(), y)
+        is_adv = is_adversarial(logits, y)
         d_norm = flat_norm(delta, norm)
         better = is_adv & (d_norm < best_norm)
         best_norm = torch.where(better, d_norm, best_norm)
@@ -85,6 +81,19 @@ def fmn(
         last_adv = is_adversarial(model(xa), y) & (flat_norm(delta, norm) < best_norm)
     best_adv = torch.where(per_sample(last_adv, x), xa, best_adv)
     return best_adv.detach(), torch.isfinite(best_norm) | last_adv
+
+
+def _margin_gradient(model, x, delta, y) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits at x + delta, gradient of the logit margin with respect to delta), chunk by chunk
+    (`models.gradient_slices`)."""
+    logits, grads = [], []
+    for rows in gradient_slices(model, len(x)):
+        d = delta[rows].detach().requires_grad_(True)
+        out = model(x[rows] + d)
+        (g,) = torch.autograd.grad(margin(out, y[rows]).sum(), d)
+        logits.append(out.detach())
+        grads.append(g)
+    return torch.cat(logits), torch.cat(grads)
 
 
 def fmn_search(model, x, y, norm, steps):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..models import logits_in_rows
 from ..tensors import flat_norm, per_sample, signed_margin
 
 
@@ -89,7 +90,7 @@ def verified(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Te
     """The final check no search can skip: the caller's model predicts at every x_adv; a success is a
     changed prediction, its distance the true ||x_adv - x||_p in float64; a failure gets x_adv = x and +inf.
     Returns (distances, success, x_adv, predictions at x_adv)."""
-    adv_pred = model(x_adv).argmax(1)
+    adv_pred = logits_in_rows(model, x_adv).argmax(1)
     success = adv_pred != y
     dist = flat_norm((x_adv - x).double(), norm)
     dist = torch.where(success, dist, torch.inf)
