@@ -87,7 +87,7 @@ def train_shadow_chunk(
         if hasattr(m, "normalize") and hasattr(m.normalize, "fit"):
             m.normalize.fit(x[sub])
     one_by_one = fused and x.device.type == "cpu" and is_convolutional(models[0])
-    if one_by_one or not _stackable(models[0], x[:2]):
+    if one_by_one or not _stackable(models[0], x[:2], mixed=mixed):
         return _train_one_by_one(models, x, y, subsets, epochs=epochs, batch_size=batch_size, lr=lr,
                                  weight_decay=weight_decay, seed=seed, population=population, optimizer=optimizer,
                                  fast=fused, mixed=mixed)
@@ -124,14 +124,17 @@ def train_shadow_chunk(
         return outputs(x), None if population is None or not len(population) else outputs(population)
 
 
-def _stackable(model: nn.Module, xb: torch.Tensor) -> bool:
-    """Whether two copies of the model run (forward and backward) stacked under vmap."""
+def _stackable(model: nn.Module, xb: torch.Tensor, *, mixed: bool = False) -> bool:
+    """Whether two copies of the model run (forward and backward) stacked under vmap, in the training's own
+    precision: on CUDA, batch norm under vmap and bfloat16 autocast fails in its backward pass (running
+    statistics in float32, activations in bfloat16), so such a model trains one by one there."""
     try:
         params, buffers = stack_module_state([copy.deepcopy(model), copy.deepcopy(model)])
         base = copy.deepcopy(model).to("meta")
-        out = vmap(lambda p, b, xx: functional_call(base, (p, b), (xx,)), randomness="different")(
-            params, buffers, xb[None].expand(2, *xb.shape))
-        out.sum().backward()
+        with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=mixed):
+            out = vmap(lambda p, b, xx: functional_call(base, (p, b), (xx,)), randomness="different")(
+                params, buffers, xb[None].expand(2, *xb.shape))
+        out.float().sum().backward()
         return True
     except Exception:
         return False

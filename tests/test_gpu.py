@@ -42,3 +42,20 @@ def test_experiment_runs_on_cuda(tmp_path):
     r = run_experiment(cfg, store=tmp_path)
     assert r.record.environment.device.startswith("cuda")
     assert r.record.train_accuracy >= r.record.test_accuracy > 0.8
+
+
+def test_batch_norm_reference_models_train_in_mixed_precision_on_cuda():
+    """ResNet-18's batch norm cannot run stacked under vmap with bfloat16 autocast on CUDA (its backward pass
+    refuses float32 running statistics): such models must train one by one, not fail."""
+    from mia_core.lira import train_shadow_chunk
+    from mia_core.models import build_model
+
+    g = torch.Generator().manual_seed(0)
+    protos = torch.rand(10, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (512,), generator=g)
+    x = (0.7 * protos[y] + 0.3 * torch.rand(512, 3, 32, 32, generator=g)).cuda()
+    subsets = torch.stack([torch.randperm(512, generator=g)[:256] for _ in range(2)]).cuda()
+    logp, _ = train_shadow_chunk(lambda: build_model("resnet18", (3, 32, 32), 10), x, y.cuda(), subsets,
+                                 epochs=3, batch_size=64, lr=2e-3, weight_decay=0.0, seed=0, training="mixed")
+    assert logp.shape == (2, 512, 10) and torch.isfinite(logp).all()
+    assert (logp.argmax(-1).cpu() == y).float().mean() > 0.5
