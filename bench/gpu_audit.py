@@ -6,7 +6,10 @@ take at that rate. CIFAR-10 is read from --data-dir when it is there; otherwise 
 3x32x32 images with 10% flipped labels stand in (for timing only: their accuracies say nothing about CIFAR-10),
 and the output says so.
 
-    python bench/gpu_audit.py [--members 25000] [--shadows 8] [--epochs 10] [--data-dir DIR]
+    python bench/gpu_audit.py [--members 25000] [--shadows 8] [--epochs 10] [--data-dir DIR] [--store DIR]
+
+With --store, a run cut off part-way (a time limit) resumes from the stages and reference-model chunks it stored:
+run the same command again; each call prints its own stages' seconds, and the audit's time is their sum.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ def main() -> None:
     ap.add_argument("--label-only-linf-queries", type=int, default=200)
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--store", default=None, help="default: a temporary folder")
+    ap.add_argument("--device", default="cuda", help="cpu for a quick check of the script itself")
     a = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="gpu_audit_"))
@@ -53,14 +57,18 @@ def main() -> None:
         load_dataset("cifar10", data_dir=a.data_dir)
         dataset, source = "cifar10", f"CIFAR-10 from {a.data_dir}"
     except DatasetError:
-        x, y = synthetic_cifar(2 * a.members + 2_000)
-        np.savez(tmp / "synthetic_cifar.npz", x=x, y=y)
-        dataset, source = f"npz:{tmp / 'synthetic_cifar.npz'}", "SYNTHETIC CIFAR-sized images (no CIFAR-10 here)"
+        # beside a given store, so that a run stopped part-way (a call's time limit) resumes from its stages
+        data = (Path(a.store).parent if a.store else tmp) / f"synthetic_cifar_{2 * a.members + 2_000}.npz"
+        if not data.is_file():
+            x, y = synthetic_cifar(2 * a.members + 2_000)
+            np.savez(data, x=x, y=y)
+        dataset, source = f"npz:{data}", "SYNTHETIC CIFAR-sized images (no CIFAR-10 here)"
     cfg = ExperimentConfig(dataset=dataset, data_dir=a.data_dir, model="resnet18", members=a.members,
                            epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, lira_shadows=a.shadows,
                            label_only_queries=a.label_only_queries,
-                           label_only_linf_queries=a.label_only_linf_queries, device="cuda")
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; {source}; {a.members:,} members and as "
+                           label_only_linf_queries=a.label_only_linf_queries, device=a.device)
+    where = torch.cuda.get_device_name() if a.device.startswith("cuda") else a.device
+    print(f"{where}, torch {torch.__version__}; {source}; {a.members:,} members and as "
           f"many non-members; {a.shadows} reference models of {a.epochs} epochs")
     t0 = time.perf_counter()
     stage = {"name": None, "since": t0}
