@@ -245,6 +245,22 @@ def _read_label_only(folder: Path) -> LabelOnlyResult | None:
         return None
 
 
+def _read_perturbation(folder: Path, norm: float, x: torch.Tensor) -> Perturbation | None:
+    """A stored white-box distance stage for the samples `x`, or None if missing, damaged or not theirs."""
+    if not folder.is_dir() or folder_problem(folder) is not None:
+        return None
+    try:
+        with np.load(folder / "distances.npz", allow_pickle=False) as z:
+            arrays = {k: z[k] for k in ("norms", "success", "labels", "adv_labels")}
+        x_adv = np.load(folder / "x_adv.npy", allow_pickle=False)
+    except (OSError, ValueError, KeyError):
+        return None
+    if x_adv.shape != tuple(x.shape) or arrays["norms"].shape != (len(x),):
+        return None
+    return Perturbation(x_adv=torch.from_numpy(x_adv).to(x.device), norm=norm, method=read_json(
+        folder / "search.json")["method"], **arrays)
+
+
 class GroupScoring:
     """The scoring context an attack's `score(ctx)` reads: one group's inputs on the device, labels, the
     target's (masked and clean) log-probabilities, and lazily computed, cached perturbations and searches."""
@@ -262,6 +278,7 @@ class GroupScoring:
         self.logp = inputs.mask(self.clean_logp)
         self.artifacts: dict[str, np.ndarray] = {"lira_phi": phi_from_log_probs(self.logp, self.y)}
         self.distance_seconds = 0.0
+        self.searched = 0  # samples searched here, once per norm (not read from a stored stage)
         self.label_only_seconds = 0.0
         self._perturbations: dict[float, Perturbation] = {}
         self._label_only: dict[float, LabelOnlyResult] = {}
@@ -279,13 +296,27 @@ class GroupScoring:
             self.inputs.progress(f"{stage} on {self.group}", frac)
 
     def perturbation(self, norm: float) -> Perturbation:
-        """The minimal perturbation of every sample from its true label (config.distance_method)."""
+        """The minimal perturbation of every sample from its true label (config.distance_method). It depends on
+        the model, the samples and the search, not on the attacks that read it, so it is kept beside the trained
+        model as a stage of its own: an evaluation that differs only elsewhere (more reference models, another
+        label-only budget) and a job resubmitted after it was stopped read it instead of searching again."""
         if norm not in self._perturbations:
             t0 = time.perf_counter()
-            p = minimal_perturbation(self.model, self.x, norm=norm, labels=torch.as_tensor(self.y),
-                                     method=self.config.distance_method, steps=self.config.distance_steps,
-                                     progress=self._progress if self.inputs.progress else None,
-                                     bounds=self.box)
+            folder = self._distances_folder(norm)
+            p = _read_perturbation(folder, norm, self.x) if folder is not None else None
+            if p is None:
+                p = minimal_perturbation(self.model, self.x, norm=norm, labels=torch.as_tensor(self.y),
+                                         method=self.config.distance_method, steps=self.config.distance_steps,
+                                         progress=self._progress if self.inputs.progress else None,
+                                         bounds=self.box)
+                self.searched += len(self.index)
+                if folder is not None:
+                    discard_folder(folder)
+                    with atomic_folder(folder) as tmp:
+                        np.savez(tmp / "distances.npz", norms=p.norms, success=p.success, labels=p.labels,
+                                 adv_labels=p.adv_labels)
+                        np.save(tmp / "x_adv.npy", p.x_adv.cpu().numpy(), allow_pickle=False)
+                        write_json(tmp / "search.json", {"method": p.method})
             self.distance_seconds += time.perf_counter() - t0
             self._perturbations[norm] = p
             if self.group != "reference":  # kept for the per-sample explorer
@@ -293,6 +324,14 @@ class GroupScoring:
                 self.artifacts[f"x_adv_{name}"] = p.x_adv.cpu().numpy()
                 self.artifacts[f"adv_label_{name}"] = p.adv_labels
         return self._perturbations[norm]
+
+    def _distances_folder(self, norm: float) -> Path | None:
+        if self.inputs.stage_dir is None:
+            return None
+        search = {"method": self.config.distance_method, "steps": self.config.distance_steps,
+                  "norm": "linf" if math.isinf(norm) else "l2", "core": __version__,
+                  "samples": hashlib.sha256(np.ascontiguousarray(self.index).tobytes()).hexdigest()}
+        return self.inputs.stage_dir / f"distances-{config_hash(search)}"
 
     def label_only(self, norm: float) -> LabelOnlyResult:
         """The label-only (HopSkipJump-style) distance of every sample, within config.label_only_budget(norm).
@@ -360,6 +399,7 @@ class ScoringResult:
     shared: SharedWork
     distance_seconds: float
     label_only_seconds: float
+    searched: int = 0  # white-box searches run (a sample once per norm), not read from stored stages
 
 
 def score_groups(inputs: EvaluationInputs, groups: dict[str, np.ndarray], *, shared: SharedWork | None = None,
@@ -397,7 +437,7 @@ def score_groups(inputs: EvaluationInputs, groups: dict[str, np.ndarray], *, sha
                                        scores={a: np.zeros(0) for a in ATTACKS})
     scored = [shared.groups[g] for g in groups]
     return ScoringResult(ScoreTable(out), shared, sum(c.distance_seconds for c in scored),
-                         sum(c.label_only_seconds for c in scored))
+                         sum(c.label_only_seconds for c in scored), sum(c.searched for c in scored))
 
 
 def compute_metrics(table: ScoreTable, *, bootstrap_rounds: int, seed: int) -> dict[str, AttackMetrics]:
@@ -431,7 +471,6 @@ def summarise(inputs: EvaluationInputs, scoring: ScoringResult, metrics: dict[st
               evaluation_seconds: float = float("nan"), *, pending: tuple[str, ...] = ()) -> RunRecord:
     """Step 5: the run record (of the first results when `pending` names attacks still being computed)."""
     table, cfg = scoring.table, inputs.config
-    n_scored = sum(len(g) for g in table.groups.values())
     bound, per_attack = run_epsilon_bound(metrics, len(inputs.split.members), len(inputs.split.nonmembers))
     queries = table["members"].artifacts.get("label_only_l2_queries")
     return RunRecord(
@@ -441,7 +480,8 @@ def summarise(inputs: EvaluationInputs, scoring: ScoringResult, metrics: dict[st
         n_reference_scored=len(table["reference"]),
         attacks=metrics, thresholds=thresholds, defense=training.defense,
         timings=Timings(train_seconds=training.train_seconds, distance_seconds=scoring.distance_seconds,
-                        distance_samples_per_second=2 * n_scored / max(scoring.distance_seconds, 1e-9),
+                        distance_samples_per_second=scoring.searched / max(scoring.distance_seconds, 1e-9)
+                        if scoring.searched else float("nan"),
                         label_only_seconds=scoring.label_only_seconds,
                         shadow_seconds=scoring.shared.shadow_seconds, evaluation_seconds=evaluation_seconds),
         environment=Environment(core=__version__, torch=torch.__version__, device=str(inputs.device),

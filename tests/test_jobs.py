@@ -73,6 +73,8 @@ def test_a_killed_worker_fails_the_job_and_a_resubmission_resumes_from_the_store
     trained = [p for p in tmp_path.iterdir() if (p / "model.safetensors").is_file()]
     assert len(trained) == 1
     manifest = (trained[0] / "MANIFEST.json").stat().st_mtime_ns
+    searched = {p: (p / "MANIFEST.json").stat().st_mtime_ns for p in trained[0].glob("distances-*")}
+    assert len(searched) >= 4  # the members' and non-members' L2 and L-inf searches came before the first results
     os.killpg(running.pid, signal.SIGKILL)  # out of memory, or an operator's kill
     queue._processes.pop(job.id).wait()
     failed = queue.get(job.id)
@@ -82,6 +84,7 @@ def test_a_killed_worker_fails_the_job_and_a_resubmission_resumes_from_the_store
     assert again.id == job.id and again.status is Status.RUNNING
     assert queue.wait(job.id, timeout=600).status is Status.DONE
     assert (trained[0] / "MANIFEST.json").stat().st_mtime_ns == manifest  # the trained model was reused
+    assert {p: (p / "MANIFEST.json").stat().st_mtime_ns for p in searched} == searched  # so were the searches
     assert len(ex.list_runs(tmp_path)) == 1
 
 

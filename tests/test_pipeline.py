@@ -1,5 +1,7 @@
 """The evaluation's steps one by one, on a trained model: groups, scores, metrics, thresholds, record, store."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -183,3 +185,56 @@ def test_robust_accuracy_is_measured_once_per_model_from_its_own_seed(trained_ml
                                                                    robust_train_accuracy=0.5))
     assert measured(CFG, old, stage="old").robust_accuracy == 0.25
     assert measured(CFG.replace(defense="mixup", defense_strength=1.0), stage="mixup").robust_accuracy is None
+
+
+def test_white_box_distances_are_a_stage_that_evaluations_sharing_the_search_reuse(trained_mlp, digits, tmp_path,
+                                                                                     monkeypatch):
+    """Each group's minimal perturbations are kept beside the model (`distances-<key>/`): an evaluation that
+    differs only in its attacks' settings (more reference models) reads them instead of searching (counted calls
+    of the real search) and reports exactly what a cold evaluation of its configuration reports; another search
+    searches again; a damaged stage is searched again, to the same numbers."""
+    from mia_core import evaluation
+    from mia_core.evaluation import evaluate
+    from mia_core.store import Store
+
+    model, split = trained_mlp
+    training = TrainingRecord(1.0, 0.9, 0.9, 1.0, "cpu")
+    calls = []
+    real = evaluation.minimal_perturbation
+    monkeypatch.setattr(evaluation, "minimal_perturbation", lambda *a, **k: calls.append(k["method"]) or real(*a, **k))
+
+    def evaluated(cfg, st):
+        record = evaluate(EvaluationInputs(cfg, digits, split, model, torch.device("cpu")), training, st, "k")
+        path = st.eval_path(record.run_id)
+        return record, ScoreTable.load(path)
+
+    warm, cold = Store(tmp_path / "warm"), Store(tmp_path / "cold")
+    first, _ = evaluated(CFG, warm)
+    assert len(calls) == 6  # members, non-members and reference samples, L2 and L-inf
+    stages = sorted((warm.root / "k").glob("distances-*"))
+    assert len(stages) == 6 and all(folder_problem(p) is None for p in stages)
+    more = CFG.replace(lira_shadows=4)
+    reused, reused_table = evaluated(more, warm)
+    assert len(calls) == 6 and reused.eval_key != first.eval_key  # nothing searched again
+    fresh, fresh_table = evaluated(more, cold)
+    assert len(calls) == 12
+    assert math.isnan(reused.timings.distance_samples_per_second) and fresh.timings.distance_samples_per_second > 0
+    ja, jb = reused.to_json(), fresh.to_json()
+    for j in (ja, jb):
+        j.pop("timings"), j.pop("environment")
+    assert ja == jb
+    for g in ("members", "nonmembers", "reference"):
+        assert reused_table[g].artifacts.keys() == fresh_table[g].artifacts.keys()
+        for name in fresh_table[g].scores:
+            np.testing.assert_array_equal(reused_table[g].scores[name], fresh_table[g].scores[name])
+        for name in fresh_table[g].artifacts:
+            np.testing.assert_array_equal(reused_table[g].artifacts[name], fresh_table[g].artifacts[name])
+    evaluated(CFG.replace(distance_method="superdeepfool"), warm)
+    assert calls[12:] == ["superdeepfool"] * 6 and len(list((warm.root / "k").glob("distances-*"))) == 12
+    with open(stages[0] / "x_adv.npy", "r+b") as fh:  # a damaged stage: its manifest no longer matches
+        fh.truncate(64)
+    again, again_table = evaluated(CFG.replace(lira_shadows=6), warm)
+    assert calls[18:] == ["deepfool"] and folder_problem(stages[0]) is None
+    for g in ("members", "nonmembers", "reference"):
+        for name in ("distance_l2", "distance_linf"):
+            np.testing.assert_array_equal(again_table[g].scores[name], fresh_table[g].scores[name])
