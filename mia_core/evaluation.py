@@ -321,7 +321,10 @@ class GroupScoring:
             self._perturbations[norm] = p
             if self.group != "reference":  # kept for the per-sample explorer
                 name = "distance_linf" if math.isinf(norm) else "distance_l2"
-                self.artifacts[f"x_adv_{name}"] = p.x_adv.cpu().numpy()
+                stored = folder / "x_adv.npy" if folder is not None else None
+                # the stage's file, mapped: the evaluation's folder links it instead of writing it again
+                self.artifacts[f"x_adv_{name}"] = (np.load(stored, mmap_mode="r", allow_pickle=False)
+                                                   if stored is not None and stored.is_file() else p.x_adv.cpu().numpy())
                 self.artifacts[f"adv_label_{name}"] = p.adv_labels
         return self._perturbations[norm]
 

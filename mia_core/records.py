@@ -9,6 +9,8 @@ reader (the CLI, the app's pages, reproduce, sweeps, export) works with these ty
 
 from __future__ import annotations
 
+import mmap
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -283,6 +285,29 @@ class GroupScores:
         return len(self.index)
 
 
+def _linked(array: np.ndarray, target: Path) -> bool:
+    """Hard-link `target` to the .npy file that `array` maps whole (a stored stage's adversarial examples, as
+    `np.load(..., mmap_mode="r")` returns it) instead of writing the same bytes again; False where the array is
+    anything else (in memory, a slice of a mapping) or the file system cannot link, and then nothing is done."""
+    if not isinstance(array, np.memmap) or not isinstance(array.base, mmap.mmap) or not array.filename:
+        return False
+    try:
+        with open(array.filename, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                return False
+            shape, fortran, dtype = read_header(fh)
+            offset = fh.tell()
+        if (shape, fortran, dtype) != (array.shape, False, array.dtype) or array.offset != offset:
+            return False
+        os.link(array.filename, target)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 _BASE = ("index", "label", "prediction")
 SCORES_FILE = "scores.npz"
 
@@ -328,7 +353,7 @@ class ScoreTable:
         self.to_npz(folder / SCORES_FILE, large=False)
         for g, gs in self.groups.items():
             for k, v in gs.artifacts.items():
-                if np.ndim(v) >= 2:
+                if np.ndim(v) >= 2 and not _linked(v, folder / f"{g}.{k}.npy"):
                     np.save(folder / f"{g}.{k}.npy", np.asarray(v), allow_pickle=False)
 
     @classmethod

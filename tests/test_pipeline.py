@@ -192,7 +192,8 @@ def test_white_box_distances_are_a_stage_that_evaluations_sharing_the_search_reu
     """Each group's minimal perturbations are kept beside the model (`distances-<key>/`): an evaluation that
     differs only in its attacks' settings (more reference models) reads them instead of searching (counted calls
     of the real search) and reports exactly what a cold evaluation of its configuration reports; another search
-    searches again; a damaged stage is searched again, to the same numbers."""
+    searches again; a damaged stage is searched again, to the same numbers. The evaluation folder's adversarial
+    examples are the stage's files, hard-linked (one copy on disk)."""
     from mia_core import evaluation
     from mia_core.evaluation import evaluate
     from mia_core.store import Store
@@ -213,6 +214,11 @@ def test_white_box_distances_are_a_stage_that_evaluations_sharing_the_search_reu
     assert len(calls) == 6  # members, non-members and reference samples, L2 and L-inf
     stages = sorted((warm.root / "k").glob("distances-*"))
     assert len(stages) == 6 and all(folder_problem(p) is None for p in stages)
+    # the evaluation's adversarial examples are the stages' files, linked, not a second copy on disk
+    files = [warm.eval_path(first.run_id) / f"{g}.x_adv_distance_{n}.npy" for g in ("members", "nonmembers")
+             for n in ("l2", "linf")]
+    assert {f.stat().st_ino for f in files} <= {(p / "x_adv.npy").stat().st_ino for p in stages}
+    assert folder_problem(warm.eval_path(first.run_id)) is None
     more = CFG.replace(lira_shadows=4)
     reused, reused_table = evaluated(more, warm)
     assert len(calls) == 6 and reused.eval_key != first.eval_key  # nothing searched again
