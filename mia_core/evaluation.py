@@ -245,7 +245,7 @@ def _read_label_only(folder: Path) -> LabelOnlyResult | None:
         return None
 
 
-def _read_perturbation(folder: Path, norm: float, x: torch.Tensor) -> Perturbation | None:
+def _read_perturbation(folder: Path, norm: float, method: str, x: torch.Tensor) -> Perturbation | None:
     """A stored white-box distance stage for the samples `x`, or None if missing, damaged or not theirs."""
     if not folder.is_dir() or folder_problem(folder) is not None:
         return None
@@ -257,8 +257,7 @@ def _read_perturbation(folder: Path, norm: float, x: torch.Tensor) -> Perturbati
         return None
     if x_adv.shape != tuple(x.shape) or arrays["norms"].shape != (len(x),):
         return None
-    return Perturbation(x_adv=torch.from_numpy(x_adv).to(x.device), norm=norm, method=read_json(
-        folder / "search.json")["method"], **arrays)
+    return Perturbation(x_adv=torch.from_numpy(x_adv).to(x.device), norm=norm, method=method, **arrays)
 
 
 class GroupScoring:
@@ -303,10 +302,11 @@ class GroupScoring:
         if norm not in self._perturbations:
             t0 = time.perf_counter()
             folder = self._distances_folder(norm)
-            p = _read_perturbation(folder, norm, self.x) if folder is not None else None
+            method = self.config.distance_method
+            p = _read_perturbation(folder, norm, method, self.x) if folder is not None else None
             if p is None:
                 p = minimal_perturbation(self.model, self.x, norm=norm, labels=torch.as_tensor(self.y),
-                                         method=self.config.distance_method, steps=self.config.distance_steps,
+                                         method=method, steps=self.config.distance_steps,
                                          progress=self._progress if self.inputs.progress else None,
                                          bounds=self.box)
                 self.searched += len(self.index)
@@ -316,7 +316,6 @@ class GroupScoring:
                         np.savez(tmp / "distances.npz", norms=p.norms, success=p.success, labels=p.labels,
                                  adv_labels=p.adv_labels)
                         np.save(tmp / "x_adv.npy", p.x_adv.cpu().numpy(), allow_pickle=False)
-                        write_json(tmp / "search.json", {"method": p.method})
             self.distance_seconds += time.perf_counter() - t0
             self._perturbations[norm] = p
             if self.group != "reference":  # kept for the per-sample explorer
