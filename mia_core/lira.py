@@ -168,7 +168,8 @@ def _train_one_by_one(models, x, y, subsets, *, epochs, batch_size, lr, weight_d
     logps, pops = [], []
     for i, (m, sub) in enumerate(zip(models, subsets)):
         train(m, x[sub], y[sub], TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                                             seed=seed + i, optimizer=optimizer, fused=fast, mixed_precision=mixed))
+                                             seed=seed + i, optimizer=optimizer, fused=fast, mixed_precision=mixed,
+                                             track_accuracy=False))
         m.eval()
         with torch.no_grad():
             logps.append(torch.cat([precise_log_softmax(m(x[j : j + 2048])) for j in range(0, len(x), 2048)]))

@@ -33,6 +33,7 @@ class TrainConfig:
     optimizer: str = "adam"
     fused: bool = False  # one fused optimiser kernel per step (faster; other float rounding than the loop)
     mixed_precision: bool = False  # forward and backward in bfloat16 (autocast); weights and optimiser in float32
+    track_accuracy: bool = True  # the training accuracy every 5 epochs (TrainHistory); reference models need none
 
 
 def make_optimizer(name: str, params, *, lr: float, weight_decay: float, fused: bool = False) -> torch.optim.Optimizer:
@@ -123,7 +124,7 @@ def train(
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
         history.loss.append(total / max(seen, 1))
-        if epoch == config.epochs - 1 or epoch % 5 == 0:
+        if config.track_accuracy and (epoch == config.epochs - 1 or epoch % 5 == 0):
             history.train_accuracy.append(accuracy(model, x, y))
         if progress:
             progress("training", (epoch + 1) / config.epochs)

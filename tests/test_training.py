@@ -28,6 +28,23 @@ def test_training_is_deterministic_and_learns(digits):
     assert ha.loss[-1] < ha.loss[0]
 
 
+def test_reference_models_skip_the_accuracy_passes_and_train_to_the_same_weights(digits):
+    """Reference models train with track_accuracy=False (lira._train_one_by_one): no evaluation pass every 5
+    epochs, the very same weights (dropout's draws and the shuffling are untouched by those passes)."""
+    x = torch.from_numpy(digits.x[:120]).view(-1, 1, 8, 8)
+    y = torch.from_numpy(digits.y[:120])
+    nets, hists = [], []
+    for track in (True, False):
+        torch.manual_seed(3)
+        m = build_model("cnn", (1, 8, 8), 10, width=32, dropout=0.3)
+        hists.append(train(m, x, y, TrainConfig(epochs=6, seed=2, fused=True, track_accuracy=track)))
+        nets.append(m)
+    assert len(hists[0].train_accuracy) == 2 and hists[1].train_accuracy == []
+    assert hists[0].loss == hists[1].loss
+    for k, v in nets[0].state_dict().items():
+        assert torch.equal(v, nets[1].state_dict()[k]), k
+
+
 @pytest.mark.parametrize("arch", ["linear", "mlp", "cnn", "resnet18"])
 def test_architectures_take_images_and_normalise_inside(digits, arch):
     m = build_model(arch, digits.input_shape, 10, width=32).eval()
