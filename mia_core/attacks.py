@@ -144,7 +144,9 @@ class AttackSpec:
     undefined). `label_only`: needs nothing but predicted labels, so output masking cannot hide from it.
     `needs_shadows`: scores exist only for points in the shadow models' pool (members and non-members), so
     there are no reference scores and no threshold calibrated on them. `cost`: how soon a staged evaluation
-    has its scores (the first results hold the LOGITS attacks, then the GRADIENTS ones)."""
+    has its scores (the first results hold the LOGITS attacks, then the GRADIENTS ones). `searches`: a search or
+    attack per sample, so the reference group scores only its searched subset (config.reference_searched) and
+    leaves the rest NaN."""
 
     name: str
     title: str
@@ -154,6 +156,7 @@ class AttackSpec:
     label_only: bool = False
     needs_shadows: bool = False
     cost: Cost = Cost.LOGITS
+    searches: bool = False
 
     @property
     def has_reference_scores(self) -> bool:
@@ -186,16 +189,16 @@ def _local_variation(ctx: "GroupScoring") -> np.ndarray:
 for _spec in (
     AttackSpec("distance_l2", "Boundary distance (L2)", "boundary distance",
                "L2 norm of the smallest change that flips the prediction (0 if already wrong).",
-               lambda ctx: ctx.perturbation(2.0).norms, cost=Cost.GRADIENTS),
+               lambda ctx: ctx.perturbation(2.0).norms, cost=Cost.GRADIENTS, searches=True),
     AttackSpec("distance_linf", "Boundary distance (L-inf)", "boundary distance",
                "L-inf norm of the smallest change that flips the prediction (0 if already wrong).",
-               lambda ctx: ctx.perturbation(math.inf).norms, cost=Cost.GRADIENTS),
+               lambda ctx: ctx.perturbation(math.inf).norms, cost=Cost.GRADIENTS, searches=True),
     AttackSpec("label_only_l2", "Label-only distance (L2)", "label-only",
                "L2 distance to the boundary found from predicted labels only (HopSkipJump-style).",
-               lambda ctx: ctx.label_only(2.0).norms, label_only=True, cost=Cost.EXPENSIVE),
+               lambda ctx: ctx.label_only(2.0).norms, label_only=True, cost=Cost.EXPENSIVE, searches=True),
     AttackSpec("label_only_linf", "Label-only distance (L-inf)", "label-only",
                "L-inf distance to the boundary found from predicted labels only (HopSkipJump-style).",
-               lambda ctx: ctx.label_only(math.inf).norms, label_only=True, cost=Cost.EXPENSIVE),
+               lambda ctx: ctx.label_only(math.inf).norms, label_only=True, cost=Cost.EXPENSIVE, searches=True),
     AttackSpec("loss", "Loss", "softmax", "Negative cross-entropy loss on the true label.", _softmax("loss")),
     AttackSpec("confidence", "Confidence (I_B)", "softmax", "Softmax probability of the true label.",
                _softmax("confidence")),
@@ -209,7 +212,8 @@ for _spec in (
                "True-label confidence after a PGD attack of radius epsilon (Song et al. 2019's I_A; "
                "'confidence' is their I_B).",
                lambda ctx: adversarial_confidence_score(ctx.unit_model, ctx.unit_x, ctx.y, eps=ctx.config.adv_epsilon,
-                                                        mask=ctx.config.output_mask), cost=Cost.GRADIENTS),
+                                                        mask=ctx.config.output_mask),
+               cost=Cost.GRADIENTS, searches=True),
     AttackSpec("verified_confidence", "Verified confidence (I_V)", "adversarial",
                "True-label probability of the verified worst case in the epsilon-ball, by interval bound "
                "propagation (Song et al. 2019's I_V; not defined for resnet18).", _verified, cost=Cost.EXPENSIVE),
@@ -234,6 +238,6 @@ for _spec in (
     AttackSpec("local_variation", "Local variation (experimental)", "experimental",
                "This project's reading of Kadoche et al. 2022: minus the loss change from x to its minimal "
                "adversarial example per unit of L2 distance (flatter = more member-like).", _local_variation,
-               cost=Cost.GRADIENTS),
+               cost=Cost.GRADIENTS, searches=True),
 ):
     ATTACKS.register(_spec)

@@ -91,7 +91,8 @@ AUDIT_DATA = "your data: "
 """How an audit of a user's own model names its model and data in the config (see `user_audit.py`)."""
 
 NEW_FIELD_DEFAULTS = {"optimizer": "adam", "label_only_start": "noise", "label_only_linf": "hopskipjump",
-                      "shadow_training": "stacked", "label_only_probes": "gaussian", "label_only_linf_queries": None}
+                      "shadow_training": "stacked", "label_only_probes": "gaussian", "label_only_linf_queries": None,
+                      "reference_searched": None}
 """Fields added after core 0.4.0, with the value that behaves as 0.4.0 did: left out of the store keys at that
 value, so stored runs stay reusable (and a config that asks for the old behaviour finds them)."""
 
@@ -156,6 +157,11 @@ class ExperimentConfig:
                                        label="search steps")
     reference_scored: int = param(500, E, "reference-pool samples scored to calibrate thresholds", low=10,
                                   high=10_000_000, label="reference samples scored")
+    reference_searched: int | None = param(200, E, "of the scored reference samples, how many the per-sample "
+                                           "searches also score (boundary and label-only distances, I_A, local "
+                                           "variation; a seeded subset): their thresholds at an FPR of 0.01 and 0.1 "
+                                           "sit above the 2 and 20 highest of 200 (none: all, as before)", kind=int, low=10,
+                                           high=10_000_000, optional=True, label="reference samples searched")
     bootstrap_rounds: int = param(200, E, "bootstrap rounds for confidence intervals (0: none)", low=0,
                                   high=100_000, aliases=("--bootstrap",), label="bootstrap rounds")
     label_only_queries: int = param(400, E, "label queries per sample for the label-only distances (L2; and L-inf "

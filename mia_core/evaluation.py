@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .attacks import ATTACKS, Cost
+from .attacks import ATTACKS, AttackSpec, Cost
 from .adversarial import robust_accuracy
 from .config import ExperimentConfig
 from .data import Dataset, Split
@@ -58,6 +58,17 @@ def reference_subset(split: Split, n: int, seed: int, exclude: np.ndarray) -> np
     if len(ref) <= n:
         return ref
     return np.sort(np.random.default_rng(seed + 1).choice(ref, size=n, replace=False))
+
+
+def searched_positions(n: int, cfg: ExperimentConfig) -> np.ndarray | None:
+    """The positions in a scored reference group of `n` samples that the per-sample searches score too
+    (config.reference_searched of them, a seeded subset in index order); None when they score every one. A
+    threshold calibrated at FPR f sits above the f * k highest of k reference scores: the searches' 1% and 10%
+    thresholds need a few hundred, not the softmax attacks' 500, and the searches are most of an audit's time."""
+    k = cfg.reference_searched
+    if k is None or k >= n:
+        return None
+    return np.sort(np.random.default_rng(cfg.seed + 3).choice(n, size=k, replace=False))
 
 
 LABEL_ONLY_POOL = 2000
@@ -281,6 +292,8 @@ class GroupScoring:
         self.label_only_seconds = 0.0
         self._perturbations: dict[float, Perturbation] = {}
         self._label_only: dict[float, LabelOnlyResult] = {}
+        # the reference group's searched subset: its positions in this group and its own context (`searches`)
+        self.searched_part: tuple[np.ndarray, GroupScoring] | None = None
 
     @property
     def model(self) -> nn.Module:
@@ -415,6 +428,9 @@ def score_groups(inputs: EvaluationInputs, groups: dict[str, np.ndarray], *, sha
     for g, idx in groups.items():
         if g not in shared.groups:
             shared.groups[g] = GroupScoring(g, idx, inputs, shared, offsets.get(g))
+            pos = searched_positions(len(idx), inputs.config) if g == "reference" else None
+            if pos is not None:
+                shared.groups[g].searched_part = (pos, GroupScoring(g, idx[pos], inputs, shared, None))
     out: dict[str, GroupScores] = {}
     for g in groups:
         ctx = shared.groups[g]
@@ -427,19 +443,45 @@ def score_groups(inputs: EvaluationInputs, groups: dict[str, np.ndarray], *, sha
                     known.groups.get(g, ())):
                 scores[spec.name] = known.scores(spec.name, g)
                 continue
-            s = np.asarray(spec.score(ctx))
-            if s.shape != (len(idx := ctx.index),):
-                raise ValueError(f"attack '{spec.name}' returned scores of shape {s.shape} for {len(idx)} samples.")
-            scores[spec.name] = s
+            scores[spec.name] = _scores(spec, ctx)
         out[g] = GroupScores(index=ctx.index, label=ctx.y, prediction=ctx.logp.argmax(1), scores=scores,
-                             artifacts=dict(ctx.artifacts))
+                             artifacts=_artifacts(ctx))
     if "reference" not in out:  # the first results: no reference sample is scored yet
         none = np.zeros(0, dtype=np.int64)
         out["reference"] = GroupScores(index=none, label=none, prediction=none,
                                        scores={a: np.zeros(0) for a in ATTACKS})
     scored = [shared.groups[g] for g in groups]
+    scored += [c.searched_part[1] for c in scored if c.searched_part is not None]
     return ScoringResult(ScoreTable(out), shared, sum(c.distance_seconds for c in scored),
                          sum(c.label_only_seconds for c in scored), sum(c.searched for c in scored))
+
+
+def _scores(spec: AttackSpec, ctx: GroupScoring) -> np.ndarray:
+    """One attack's scores for one group; a searching attack scores the reference group's searched subset only
+    (NaN elsewhere: not scored)."""
+    part = ctx.searched_part if spec.searches else None
+    sub = ctx if part is None else part[1]
+    s = np.asarray(spec.score(sub))
+    if s.shape != (len(sub.index),):
+        raise ValueError(f"attack '{spec.name}' returned scores of shape {s.shape} for {len(sub.index)} samples.")
+    if part is None:
+        return s
+    out = np.full(len(ctx.index), np.nan)
+    out[part[0]] = s
+    return out
+
+
+def _artifacts(ctx: GroupScoring) -> dict[str, np.ndarray]:
+    """A group's per-sample artifacts; its searched subset's (label-only queries) at their positions, NaN
+    elsewhere."""
+    out = dict(ctx.artifacts)
+    if ctx.searched_part is not None:
+        pos, sub = ctx.searched_part
+        for k, v in sub.artifacts.items():
+            if k not in out and np.ndim(v) == 1:
+                out[k] = np.full(len(ctx.index), np.nan)
+                out[k][pos] = v
+    return out
 
 
 def compute_metrics(table: ScoreTable, *, bootstrap_rounds: int, seed: int) -> dict[str, AttackMetrics]:

@@ -216,6 +216,12 @@ class RunRecord:
         return bool(self.pending)
 
     @property
+    def n_reference_searched(self) -> int:
+        """How many of the scored reference samples the per-sample searches scored (config.reference_searched)."""
+        k = self.config.reference_searched
+        return self.n_reference_scored if k is None else min(k, self.n_reference_scored)
+
+    @property
     def generalization_gap(self) -> float:
         return self.train_accuracy - self.test_accuracy
 
@@ -328,9 +334,13 @@ class ScoreTable:
         return self.scores(attack, "members"), self.scores(attack, "nonmembers")
 
     def reference_scores(self, attack: str) -> np.ndarray | None:
-        """The reference group's scores, or None where the attack has none (all NaN)."""
+        """The reference group's scores of the samples the attack scored (a searching attack scores a subset of
+        them, config.reference_searched; NaN marks the others), or None where it scored none."""
         ref = self.scores(attack, "reference")
-        return None if np.isnan(ref).all() else ref
+        scored = ~np.isnan(ref)
+        if not scored.any():
+            return None
+        return ref if scored.all() else ref[scored]
 
     def attacks(self) -> list[str]:
         return list(self.groups["members"].scores)

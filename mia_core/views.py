@@ -143,7 +143,7 @@ def vulnerability_table(table: ScoreTable) -> pd.DataFrame:
     """Members and non-members ranked by merged exposure (mia_core.metrics.vulnerability), from the attacks
     that have reference scores (LiRA's points must be in its shadows' pool; I_V may be undefined)."""
     usable = [a for a in table.attacks() if table.reference_scores(a) is not None]
-    ref = {a: table.scores(a, "reference") for a in usable}
+    ref = {a: table.reference_scores(a) for a in usable}
     frames = []
     for g in ("members", "nonmembers"):
         gs = table[g]
@@ -302,7 +302,7 @@ class Estimate:
 
 def estimate_seconds(config: ExperimentConfig, past: Sequence[RunRecord]) -> Estimate:
     """How long `config` will take, scaled from the most similar stored run (same dataset and model; same
-    search preferred): training by members x epochs, the searches by samples scored, the label-only search by
+    search preferred): training by members x epochs, the searches by samples searched, the label-only search by
     samples x queries, shadow models by their count x epochs. Stages already in the store cost nothing then."""
     same = [r for r in past if r.config.dataset == config.dataset and r.config.model == config.model
             and not r.config.checkpoint and math.isfinite(r.timings.evaluation_seconds)]
@@ -319,9 +319,10 @@ def estimate_seconds(config: ExperimentConfig, past: Sequence[RunRecord]) -> Est
                                    abs(math.log(r.config.members / config.members)),
                                    abs(math.log(r.config.width / config.width))))
     c, t = ref.config, ref.timings
-    scored = lambda cfg, n: 2 * n + cfg.reference_scored  # noqa: E731
-    n_ref = scored(c, ref.n_members)
-    n_new = scored(config, config.members)
+    searched = lambda cfg, n: 2 * n + min(cfg.reference_searched or cfg.reference_scored,  # noqa: E731
+                                          cfg.reference_scored)  # samples the per-sample searches score
+    n_ref = searched(c, ref.n_members)
+    n_new = searched(config, config.members)
     train = t.train_seconds * (config.members * config.epochs) / (c.members * c.epochs)
     search = t.distance_seconds * n_new / n_ref
     budget = lambda cfg: cfg.label_only_budget("l2") + cfg.label_only_budget("linf")  # noqa: E731

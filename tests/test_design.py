@@ -105,8 +105,8 @@ def test_config_fields_carry_stage_help_and_range():
     assert set(params) == set(ExperimentConfig.__dataclass_fields__)
     assert all(p.help for p in params.values())
     assert set(ExperimentConfig.stage_fields(Stage.EVALUATION)) == {
-        "distance_method", "distance_steps", "reference_scored", "bootstrap_rounds", "label_only_queries",
-        "label_only_linf_queries", "label_only_start", "label_only_linf", "label_only_probes",
+        "distance_method", "distance_steps", "reference_scored", "reference_searched", "bootstrap_rounds",
+        "label_only_queries", "label_only_linf_queries", "label_only_start", "label_only_linf", "label_only_probes",
         "lira_shadows", "shadow_training", "rmia_gamma", "rmia_offline_a", "output_mask"}
     assert set(ExperimentConfig.stage_fields(Stage.RUNTIME)) == {"data_dir", "device", "shadow_executor", "ray_address"}
     cfg = ExperimentConfig()

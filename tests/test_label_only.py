@@ -73,7 +73,8 @@ def test_the_default_search_is_no_looser_than_core_0_4_at_under_half_the_queries
 def test_the_searches_of_core_0_4_keep_their_store_keys():
     """0.4.0's default evaluation, asked for with its label-only settings, finds the folder 0.4.0 stored."""
     old = DEFAULT_CONFIG.replace(label_only_queries=1000, label_only_start="noise", label_only_linf="hopskipjump",
-                                 shadow_training="stacked", label_only_probes="gaussian", label_only_linf_queries=None)
+                                 shadow_training="stacked", label_only_probes="gaussian", label_only_linf_queries=None,
+                                 reference_searched=None)
     assert old.eval_key() == "b11fa5e4e0c5299a"
     assert DEFAULT_CONFIG.eval_key() != old.eval_key()
 

@@ -9,6 +9,7 @@ from sklearn.metrics import roc_auc_score
 
 from mia_core.attacks import ATTACKS
 from mia_core.config import ExperimentConfig
+from mia_core.metrics import threshold_at_fpr
 from mia_core.evaluation import (
     EvaluationInputs, calibrate_thresholds, compute_metrics, score_groups, scored_groups, store_evaluation, summarise,
     validation_indices,
@@ -53,6 +54,52 @@ def test_score_groups_scores_every_registered_attack_for_every_sample(scored, di
     assert np.isfinite(table.scores("lira_online", "members")).all()
     assert "x_adv_distance_l2" in table["members"].artifacts and "x_adv_distance_l2" not in table["reference"].artifacts
     assert result.distance_seconds > 0 and result.label_only_seconds > 0
+
+
+def test_the_searches_score_a_seeded_subset_of_the_reference_group(scored, trained_mlp, digits):
+    """config.reference_searched: the per-sample searches (distances, label-only, I_A, local variation) score only
+    that many of the reference samples, the same values as searched alone, NaN (not scored) elsewhere; every
+    other attack scores them all; the calibrated thresholds and the exposure read the scored ones only."""
+    from mia_core.evaluation import searched_positions
+    from mia_core.distances import minimal_perturbation
+    from mia_core import views
+
+    model, split = trained_mlp
+    cfg = CFG.replace(reference_searched=40)
+    inputs = EvaluationInputs(cfg, digits, split, model, torch.device("cpu"))
+    result = score_groups(inputs, scored_groups(split, cfg))
+    table, full = result.table, scored[1].table
+    pos = searched_positions(cfg.reference_scored, cfg)
+    assert len(pos) == 40 and np.array_equal(pos, np.unique(pos)) and np.array_equal(pos, searched_positions(150, cfg))
+    searching = {s.name for s in ATTACKS.specs() if s.searches}
+    assert searching == {"distance_l2", "distance_linf", "label_only_l2", "label_only_linf", "adv_confidence",
+                         "local_variation"}
+    inside = np.zeros(cfg.reference_scored, dtype=bool)
+    inside[pos] = True
+    for a in ATTACKS:
+        ref = table.scores(a, "reference")
+        if a in searching:
+            assert not np.isnan(ref[inside]).any() and np.isnan(ref[~inside]).all(), a
+            assert np.array_equal(table.reference_scores(a), ref[inside])
+        elif ATTACKS.get(a).has_reference_scores:
+            np.testing.assert_array_equal(ref, full.scores(a, "reference"))  # unchanged: all 150 scored
+        for g in ("members", "nonmembers"):  # the evaluation itself is untouched
+            np.testing.assert_array_equal(table.scores(a, g), full.scores(a, g))
+    # the subset's searches are those samples' own: DeepFool alone on them gives the same distances
+    x = torch.from_numpy(digits.x[table["reference"].index[pos]])
+    alone = minimal_perturbation(model, x, norm=2.0, labels=torch.from_numpy(digits.y[table["reference"].index[pos]]),
+                                 method="deepfool")
+    np.testing.assert_allclose(table.scores("distance_l2", "reference")[pos], alone.norms, rtol=1e-5)
+    queries = table["reference"].artifacts["label_only_l2_queries"]
+    assert np.isnan(queries[~inside]).all() and (queries[inside] > 0).all()
+    metrics = compute_metrics(table, bootstrap_rounds=0, seed=0)
+    for f, cal in metrics["label_only_l2"].calibrated.items():
+        assert cal.threshold == threshold_at_fpr(table.scores("label_only_l2", "reference")[pos], f)
+    assert metrics["loss"].calibrated == compute_metrics(full, bootstrap_rounds=0, seed=0)["loss"].calibrated
+    exposure = views.vulnerability_table(table)["exposure (FPR)"]
+    assert exposure.between(0, 1).all()
+    # 300 + 300 + 40 samples searched once per norm, not 300 + 300 + 150
+    assert result.searched == 2 * (300 + 300 + 40)
 
 
 def test_compute_metrics_matches_scikit_learn_and_marks_undefined_attacks(scored):
