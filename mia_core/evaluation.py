@@ -40,7 +40,8 @@ from .probabilities import log_probabilities, mask_log_probs
 from .privacy import run_epsilon_bound
 from .rmia import choose_offline_a, rmia_scores, true_label_probability
 from .records import AuditInfo, Environment, GroupScores, RunRecord, ScoreTable, ThresholdReport, Timings, TrainingRecord
-from .store import Store, atomic_folder, config_hash, discard_folder, folder_problem, read_json, write_json
+from .store import (Store, atomic_folder, config_hash, discard_damaged, discard_folder, folder_problem, read_json,
+                    write_json)
 from .thresholds import attacker_thresholds
 
 Progress = Callable[[str, float], None]
@@ -226,7 +227,7 @@ class SharedWork:
                 self._robust = (robust_accuracy(i.model, x(split.nonmembers), y(split.nonmembers), **kw),
                                 robust_accuracy(i.model, x(split.members), y(split.members), **kw))
                 if folder is not None:
-                    discard_folder(folder)
+                    discard_damaged(folder)
                     with atomic_folder(folder) as tmp:
                         write_json(tmp / "robust.json", {"robust_accuracy": self._robust[0],
                                                          "robust_train_accuracy": self._robust[1]})
@@ -269,6 +270,17 @@ def _read_perturbation(folder: Path, norm: float, method: str, x: torch.Tensor) 
     if x_adv.shape != tuple(x.shape) or arrays["norms"].shape != (len(x),):
         return None
     return Perturbation(x_adv=torch.from_numpy(x_adv).to(x.device), norm=norm, method=method, **arrays)
+
+
+def _mapped(folder: Path | None, p: Perturbation) -> np.ndarray:
+    """The stage's adversarial examples memory-mapped from its file (the evaluation's folder links it instead of
+    writing it again), or the search's own array where there is no such file."""
+    try:
+        if folder is not None:
+            return np.load(folder / "x_adv.npy", mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        pass
+    return p.x_adv.cpu().numpy()
 
 
 class GroupScoring:
@@ -324,7 +336,7 @@ class GroupScoring:
                                          bounds=self.box)
                 self.searched += len(self.index)
                 if folder is not None:
-                    discard_folder(folder)
+                    discard_damaged(folder)
                     with atomic_folder(folder) as tmp:
                         np.savez(tmp / "distances.npz", norms=p.norms, success=p.success, labels=p.labels,
                                  adv_labels=p.adv_labels)
@@ -333,10 +345,7 @@ class GroupScoring:
             self._perturbations[norm] = p
             if self.group != "reference":  # kept for the per-sample explorer
                 name = "distance_linf" if math.isinf(norm) else "distance_l2"
-                stored = folder / "x_adv.npy" if folder is not None else None
-                # the stage's file, mapped: the evaluation's folder links it instead of writing it again
-                self.artifacts[f"x_adv_{name}"] = (np.load(stored, mmap_mode="r", allow_pickle=False)
-                                                   if stored is not None and stored.is_file() else p.x_adv.cpu().numpy())
+                self.artifacts[f"x_adv_{name}"] = _mapped(folder, p)
                 self.artifacts[f"adv_label_{name}"] = p.adv_labels
         return self._perturbations[norm]
 
@@ -367,7 +376,7 @@ class GroupScoring:
                                         linf_search=self.config.label_only_linf,
                                         probe_distribution=self.config.label_only_probes)
                 if folder is not None:
-                    discard_folder(folder)
+                    discard_damaged(folder)
                     with atomic_folder(folder) as tmp:
                         np.savez(tmp / "label_only.npz", norms=r.norms, success=r.success, queries=r.queries)
             self._label_only[norm] = r

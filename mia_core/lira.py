@@ -30,7 +30,7 @@ from .config import SHADOW_TRAINING
 from .models import is_convolutional, stacked_forward
 from .probabilities import precise_log_softmax
 from .training import make_optimizer
-from .store import atomic_folder, config_hash, discard_folder, folder_problem
+from .store import atomic_folder, config_hash, discard_damaged, folder_problem
 
 VARIANTS = ("lira_online", "lira_online_fixed", "lira_offline", "lira_offline_fixed")
 
@@ -226,7 +226,7 @@ def shadow_set(
 
     def finished(c: int, logp: np.ndarray, pop: np.ndarray) -> None:
         if folders[c] is not None:
-            discard_folder(folders[c])  # a damaged chunk is replaced
+            discard_damaged(folders[c])  # a damaged chunk is replaced; one another process finished is kept
             with atomic_folder(folders[c]) as tmp:  # a unique temporary name: writers never collide
                 np.savez(tmp / "logp.npz", logp=logp, population=pop)
         results[c] = (logp, pop)

@@ -257,6 +257,13 @@ def discard_folder(folder: Path) -> None:
     shutil.rmtree(gone, ignore_errors=True)
 
 
+def discard_damaged(folder: Path) -> None:
+    """Remove `folder` only if it is damaged (folder_problem): a stage another process finished while this one
+    computed the same stage is kept (atomic_folder then discards ours), never pulled from under its readers."""
+    if folder.is_dir() and folder_problem(folder) is not None:
+        discard_folder(folder)
+
+
 @contextlib.contextmanager
 def atomic_folder(final: Path) -> Iterator[Path]:
     """Yield a temporary folder beside `final`; on success write its manifest and rename it to `final` in one

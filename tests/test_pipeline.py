@@ -291,3 +291,45 @@ def test_white_box_distances_are_a_stage_that_evaluations_sharing_the_search_reu
     for g in ("members", "nonmembers", "reference"):
         for name in ("distance_l2", "distance_linf"):
             np.testing.assert_array_equal(again_table[g].scores[name], fresh_table[g].scores[name])
+
+
+def test_a_stage_another_process_finished_meanwhile_is_kept_not_pulled_away(trained_mlp, digits, tmp_path,
+                                                                            monkeypatch):
+    """Two evaluations of one model (two sessions, two workers) search the same stage at once: the one that
+    finishes second keeps the first one's folder (its readers hold its files memory-mapped) and discards its own
+    copy, leaving no temporary behind; a damaged folder is still replaced."""
+    from mia_core import evaluation
+    from mia_core.evaluation import GroupScoring, SharedWork
+    from mia_core.store import atomic_folder, discard_damaged
+
+    model, split = trained_mlp
+    inputs = EvaluationInputs(CFG, digits, split, model, torch.device("cpu"), stage_dir=tmp_path)
+    idx = split.members[:40]
+    real, other = evaluation.minimal_perturbation, {}
+
+    def search_while_another_process_stores_it(*a, **k):
+        p = real(*a, **k)
+        if not other:  # the other process: the same stage, searched and stored while this search ran
+            other["ctx"] = GroupScoring("members", idx, inputs, SharedWork(inputs), 0)
+            other["p"] = other["ctx"].perturbation(2.0)
+            (folder,) = tmp_path.glob("distances-*")
+            other["inode"] = (folder / "x_adv.npy").stat().st_ino
+        return p
+
+    monkeypatch.setattr(evaluation, "minimal_perturbation", search_while_another_process_stores_it)
+    mine = GroupScoring("members", idx, inputs, SharedWork(inputs), 0).perturbation(2.0)
+    (folder,) = tmp_path.glob("distances-*")
+    assert (folder / "x_adv.npy").stat().st_ino == other["inode"] and folder_problem(folder) is None
+    assert not list(tmp_path.glob(".tmp-*"))
+    np.testing.assert_array_equal(mine.norms, other["p"].norms)
+    np.testing.assert_array_equal(np.asarray(other["ctx"].artifacts["x_adv_distance_l2"]), mine.x_adv.numpy())
+    # discard_damaged: an intact folder stays, a damaged one goes
+    discard_damaged(folder)
+    assert folder.is_dir()
+    with open(folder / "x_adv.npy", "r+b") as fh:
+        fh.truncate(64)
+    discard_damaged(folder)
+    assert not folder.exists() and not list(tmp_path.glob(".tmp-*"))
+    with atomic_folder(folder) as tmp:  # and the stage can be written again
+        (tmp / "x").write_text("1")
+    assert folder_problem(folder) is None
