@@ -178,7 +178,8 @@ def threshold_rows(table: ScoreTable, attack: str, threshold: float, target_fpr:
     rows.append(row("yours", threshold))
     ref = table.reference_scores(attack)
     if ref is not None:
-        rows.append(row(f"calibrated on reference ({target_fpr:g})", mt.threshold_at_fpr(ref, target_fpr)))
+        rows.append(row(f"calibrated on {len(ref)} reference samples ({target_fpr:g})",
+                        mt.threshold_at_fpr(ref, target_fpr)))
     rows.append(row("ORACLE (not achievable)", mt.oracle_threshold(m, n)))
     return rows
 

@@ -273,7 +273,7 @@ def test_view_models_without_streamlit(toy_run):
     rows = views.threshold_rows(run.table, "lira_online", 0.0, 0.01, 0.5)
     assert [r.rule for r in rows] == ["yours", "ORACLE (not achievable)"]  # no reference scores, no calibration
     rows = views.threshold_rows(run.table, "loss", 0.0, 0.01, 0.5)
-    assert rows[1].rule.startswith("calibrated") and rows[1].fpr <= 0.1
+    assert rows[1].rule == f"calibrated on {rec.n_reference_scored} reference samples (0.01)" and rows[1].fpr <= 0.1
     far = views.extreme_samples(np.array([0.0, 3.0, np.inf, 1.0, 2.0]), "farthest", 2)
     assert list(far) == [1, 4]
     assert list(views.extreme_samples(np.array([0.0, 3.0, np.inf, 1.0, 2.0]), "nearest", 2)) == [3, 4]
