@@ -126,9 +126,9 @@ def format_table(record: RunRecord) -> str:
         lines.append(f"{name:<{width}}{m.auc:>7.3f}  [{lo:.3f}, {hi:.3f}]{tprs}{m.max_advantage:>7.3f}{cal_s:>21}")
     lines.append("")
     lines.append("adv = max over thresholds of TPR - FPR. Calibrated: threshold set on the reference pool at 1% FPR "
-                 f"({record.n_reference_scored} samples; {record.n_reference_searched} for the per-sample searches, the "
-                 "distances, label-only distances, I_A and local variation; LiRA and RMIA have no reference scores: "
-                 "their points must be in the shadows' pool).")
+                 f"({record.n_reference_scored} samples; {record.n_reference_searched} for the per-sample searches, "
+                 "the distances, label-only distances, I_A and local variation; LiRA and RMIA have no reference "
+                 "scores: their points must be in the shadows' pool).")
     if note := views.privacy_summary(record):
         lines += ["", note]
     lines.append("")

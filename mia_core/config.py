@@ -160,8 +160,8 @@ class ExperimentConfig:
     reference_searched: int | None = param(200, E, "of the scored reference samples, how many the per-sample "
                                            "searches also score (boundary and label-only distances, I_A, local "
                                            "variation; a seeded subset): their thresholds at an FPR of 0.01 and 0.1 "
-                                           "sit above the 2 and 20 highest of 200 (none: all, as before)", kind=int, low=10,
-                                           high=10_000_000, optional=True, label="reference samples searched")
+                                           "sit above the 2 and 20 highest of 200 (none: all, as before)", kind=int,
+                                           low=10, high=10_000_000, optional=True, label="reference samples searched")
     bootstrap_rounds: int = param(200, E, "bootstrap rounds for confidence intervals (0: none)", low=0,
                                   high=100_000, aliases=("--bootstrap",), label="bootstrap rounds")
     label_only_queries: int = param(400, E, "label queries per sample for the label-only distances (L2; and L-inf "

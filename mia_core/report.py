@@ -58,8 +58,8 @@ def report_html(run, *, family=None) -> str:
     setup = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
                     for k, v in cfg.to_dict().items() if k not in ("data_dir", "device"))
     parts.append(f"<h2>Setup</h2><table class=t>{setup}</table><p>{rec.n_members} members, {rec.n_nonmembers} "
-                 f"non-members, {rec.n_reference_scored} reference samples scored ({rec.n_reference_searched} of them by "
-                 f"the per-sample searches); train accuracy "
+                 f"non-members, {rec.n_reference_scored} reference samples scored "
+                 f"({rec.n_reference_searched} of them by the per-sample searches); train accuracy "
                  f"{rec.train_accuracy:.3f}, test accuracy {rec.test_accuracy:.3f}.</p>")
     if note := views.audit_note(rec):
         parts.append(f"<p>{html.escape(note)}</p>")
