@@ -6,7 +6,8 @@ from sklearn.metrics import roc_auc_score
 
 from mia_core.attacks import gap_score, modified_entropy_score, softmax_scores
 from mia_core.metrics import (
-    attack_metrics, auc, oracle_accuracy, rates_at_threshold, roc_points, threshold_at_fpr, tpr_at_fpr,
+    attack_metrics, auc, bootstrap_intervals, oracle_accuracy, rates_at_threshold, roc_points, threshold_at_fpr,
+    tpr_at_fpr,
 )
 
 
@@ -99,3 +100,24 @@ def test_loss_score_keeps_rank_when_saturated():
     s = softmax_scores(logp[:2], np.array([0, 0]))
     assert s["confidence"][0] == s["confidence"][1] == 1.0
     assert s["loss"][1] > s["loss"][0]
+
+
+def test_the_bootstraps_counted_roc_is_scikit_learns_to_the_bit(monkeypatch):
+    """bootstrap_intervals draws its thousands of ROC curves without scikit-learn's input checks: the points
+    (ties, integer-valued and continuous scores, uneven groups) and so every interval equal roc_curve's exactly."""
+    from mia_core import metrics
+
+    rng = np.random.default_rng(5)
+    for trial in range(400):
+        m = rng.integers(0, 20, rng.integers(1, 80)) / rng.choice([1.0, 3.0, 7.0])
+        n = rng.integers(0, 20, rng.integers(1, 80)) / rng.choice([1.0, 3.0, 7.0])
+        if trial % 2:
+            m, n = rng.normal(0.3, 1, len(m)), rng.normal(size=len(n))
+        ref, fast = roc_points(m, n), metrics._counted_roc(m, n)
+        for field in ("fpr", "tpr", "thresholds"):
+            assert np.array_equal(getattr(ref, field), getattr(fast, field)), (trial, field)
+    m = np.r_[rng.normal(0.4, 1, 150), np.inf, np.inf]  # no adversarial example found: the highest rank
+    n = np.r_[rng.integers(0, 5, 140).astype(float), -np.inf]
+    fast = bootstrap_intervals(m, n, rounds=300, seed=2)
+    monkeypatch.setattr(metrics, "_counted_roc", roc_points)
+    assert bootstrap_intervals(m, n, rounds=300, seed=2) == fast
