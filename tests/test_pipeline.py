@@ -98,6 +98,9 @@ def test_the_searches_score_a_seeded_subset_of_the_reference_group(scored, train
     assert metrics["loss"].calibrated == compute_metrics(full, bootstrap_rounds=0, seed=0)["loss"].calibrated
     exposure = views.vulnerability_table(table)["exposure (FPR)"]
     assert exposure.between(0, 1).all()
+    rules = [r.rule for r in views.threshold_rows(table, "label_only_l2", 0.0, 0.1, 0.5)]
+    assert rules[1] == "calibrated on 40 reference samples (0.1)"
+    assert views.threshold_rows(table, "loss", 0.0, 0.1, 0.5)[1].rule == "calibrated on 150 reference samples (0.1)"
     # 300 + 300 + 40 samples searched once per norm, not 300 + 300 + 150
     assert result.searched == 2 * (300 + 300 + 40)
 
