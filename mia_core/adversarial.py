@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .models import gradient_slices, search_model
+from .models import gradient_slices, logits_in_rows, search_model
 from .tensors import l2_project
 
 
@@ -75,6 +75,6 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: 
         for i in range(0, len(x), batch_size):
             xa = pgd(fast, x[i : i + batch_size], y[i : i + batch_size], eps=eps, norm=norm, steps=steps)
             with torch.no_grad():
-                correct += int((model(xa).argmax(1) == y[i : i + batch_size]).sum())
+                correct += int((logits_in_rows(model, xa).argmax(1) == y[i : i + batch_size]).sum())
     model.train(was_training)
     return correct / max(len(x), 1)

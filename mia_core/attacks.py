@@ -23,7 +23,7 @@ from torch import nn
 
 from .adversarial import pgd
 from .distances import Perturbation, minimal_perturbation
-from .models import search_model
+from .models import logits_in_rows, search_model
 from .probabilities import OUTPUT_MASKS, log_probabilities, mask_log_probs, precise_log_softmax  # noqa: F401
 from .registry import Registry
 from .tensors import model_device
@@ -109,7 +109,7 @@ def adversarial_confidence_score(model: nn.Module, x: torch.Tensor, y: np.ndarra
         xb, yb = x[i : i + batch_size].to(device), yt[i : i + batch_size]
         xa = pgd(fast, xb, yb, eps=eps, norm="linf", steps=steps, random_start=False)
         with torch.no_grad():
-            logp = mask_log_probs(precise_log_softmax(model(xa)).cpu().numpy(), mask)
+            logp = mask_log_probs(precise_log_softmax(logits_in_rows(model, xa)).cpu().numpy(), mask)
         out.append(confidence_score(logp, yb.cpu().numpy()))
     return np.concatenate(out) if out else np.zeros(0)
 

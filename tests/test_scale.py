@@ -34,3 +34,35 @@ def test_shadow_chunks_on_a_local_ray_match_local_training_and_resume_it(tmp_pat
     np.testing.assert_array_equal(remote.inside, local.inside)
     np.testing.assert_allclose(remote.logp, local.logp, atol=1e-4)  # one thread per Ray worker: float noise only
     np.testing.assert_allclose(remote.population_logp, local.population_logp, atol=1e-4)
+
+
+def test_an_audit_passes_a_convolutional_network_at_most_one_chunk_of_samples_at_a_time(tmp_path):
+    """Memory bounded by the batch, not the data set: in a whole audit of a CNN on the CPU, every pass without
+    gradients (scoring, verdicts, I_V's interval bounds, the reference models' logits) holds at most
+    CPU_CONV_ROWS samples, and every pass with gradients at most the training batch or the search's chunk. I_V
+    bounded whole groups at once (1,024 rows) and the reference models scored 2,048 rows a pass before: the
+    peaks of a 2,000-member mnist5k audit (bench/audit_memory.py)."""
+    import dataclasses
+
+    from mia_core.config import DEFAULT_CONFIG
+    from mia_core.experiment import run_experiment
+    from mia_core.models import CPU_CONV_ROWS
+
+    cfg = dataclasses.replace(DEFAULT_CONFIG, dataset="mnist5k", model="cnn", width=8, members=300, epochs=1,
+                              label_only_queries=30, label_only_linf_queries=30, lira_shadows=2, bootstrap_rounds=20,
+                              reference_searched=None)
+    rows = {True: [], False: []}
+
+    def record(module, args):
+        if isinstance(module, torch.nn.Conv2d):
+            rows[torch.is_grad_enabled()].append(len(args[0]))
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        run = run_experiment(cfg, store=tmp_path)
+    finally:
+        hook.remove()
+    assert len(run.table.scores("verified_confidence", "members")) == 300
+    assert np.isfinite(run.table.scores("verified_confidence", "members")).all()
+    assert rows[False] and max(rows[False]) == CPU_CONV_ROWS  # 300-sample groups, a pool of 1,100, in chunks
+    assert rows[True] and max(rows[True]) <= max(cfg.batch_size, CPU_CONV_ROWS // 2)
