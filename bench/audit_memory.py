@@ -81,7 +81,7 @@ def main() -> None:
     data = base["data_bytes"]
     growth = audit["peak_mb"] - base["peak_mb"]
     print(f"{cfg.dataset} {cfg.model}, {cfg.members} members, {cfg.epochs} epochs, "
-          f"{cfg.label_only_queries} label-only queries, {cfg.lira_shadows} shadow models")
+          f"{cfg.label_only_queries or 'automatic'} label-only queries, {cfg.lira_shadows} shadow models")
     print(f"{'baseline process (imports, data, one forward)':<48}{base['peak_mb']:>10.0f} MB")
     print(f"{'the audit (every attack)':<48}{audit['peak_mb']:>10.0f} MB   {audit['seconds']:.0f} s")
     print(f"{'data set (x, y)':<48}{data * mb:>10.1f} MB")

@@ -18,9 +18,11 @@ def field_input(container, name: str, value: Any, *, key: str | None = None, opt
         return container.selectbox(label, opts, index=opts.index(value) if value in opts else 0, help=p.help,
                                    key=key, **kw)
     if p.kind is int:
-        return int(container.number_input(label, min_value=None if p.low is None else int(p.low),
-                                          max_value=None if p.high is None else int(p.high), value=int(value),
-                                          step=1, help=p.help, key=key))
+        chosen = container.number_input(label, min_value=None if p.low is None else int(p.low),
+                                        max_value=None if p.high is None else int(p.high),
+                                        value=None if value is None else int(value), step=1, help=p.help, key=key,
+                                        placeholder="automatic" if p.optional else None)
+        return None if chosen is None and p.optional else int(chosen)
     if p.kind is float:
         return float(container.number_input(label, min_value=p.low, max_value=p.high, value=float(value),
                                             format="%g", help=p.help, key=key))

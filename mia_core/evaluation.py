@@ -358,7 +358,7 @@ class GroupScoring:
         return self.inputs.stage_dir / f"distances-{config_hash(search)}"
 
     def label_only(self, norm: float) -> LabelOnlyResult:
-        """The label-only (HopSkipJump-style) distance of every sample, within config.label_only_budget(norm).
+        """The label-only (HopSkipJump-style) distance of every sample, within `_label_only_budget`.
         It depends on the model, the samples, the query budget and the seed, not on the white-box search, so
         it is kept beside the trained model as a stage of its own and reused by every evaluation that agrees."""
         if norm not in self._label_only:
@@ -370,7 +370,7 @@ class GroupScoring:
                 stage = f"label-only search ({name}, by queries spent)"
                 self._progress(stage, 0.0)
                 r = label_only_distance(self.model, self.x, self.y, norm=norm,
-                                        max_queries=self.config.label_only_budget(name), seed=self.config.seed,
+                                        max_queries=self._label_only_budget(name), seed=self.config.seed,
                                         bounds=self.box, progress=lambda f: self._progress(stage, f),
                                         start_pool=self.inputs.label_only_starts(),
                                         linf_search=self.config.label_only_linf,
@@ -384,10 +384,14 @@ class GroupScoring:
             self.label_only_seconds += time.perf_counter() - t0
         return self._label_only[norm]
 
+    def _label_only_budget(self, name: str) -> int:
+        """config.label_only_budget for these samples' shape (an automatic budget depends on the probes)."""
+        return self.config.label_only_budget(name, tuple(self.x.shape[1:]))
+
     def _label_only_folder(self, name: str) -> Path | None:
         if self.inputs.stage_dir is None:
             return None
-        search = {"queries": self.config.label_only_budget(name), "seed": self.config.seed, "norm": name,
+        search = {"queries": self._label_only_budget(name), "seed": self.config.seed, "norm": name,
                   "samples": hashlib.sha256(np.ascontiguousarray(self.index).tobytes()).hexdigest(),
                   "core": __version__, "start": self.config.label_only_start}
         if name == "linf" and self.config.label_only_linf != "hopskipjump":

@@ -280,10 +280,15 @@ SETTINGS = ("dataset", "model", "width", "members", "epochs", "defense", "defens
             "distance_method", "output_mask", "checkpoint", "label_only_queries", "lira_shadows", "weight_decay")
 
 
+def _setting(config: ExperimentConfig, name: str):
+    value = getattr(config, name)
+    return "automatic" if value is None and name == "label_only_queries" else value
+
+
 def compare_runs(records: Sequence[RunRecord], names: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
     """Several runs side by side: one column per run, rows for the settings and the headline numbers, and the
     names of the setting rows whose values differ between the runs (for highlighting)."""
-    rows: dict[str, list] = {s: [getattr(r.config, s) for r in records] for s in SETTINGS}
+    rows: dict[str, list] = {s: [_setting(r.config, s) for r in records] for s in SETTINGS}
     rows["DP epsilon"] = [r.defense.epsilon for r in records]
     differing = [k for k, v in rows.items() if len({str(x) for x in v}) > 1]
     rows["test accuracy"] = [r.test_accuracy for r in records]

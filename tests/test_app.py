@@ -156,10 +156,24 @@ def test_experiment_page_trains_with_form(app_store):
     at.number_input(key="cfg_members").set_value(100)
     at.number_input(key="cfg_epochs").set_value(5)
     at.selectbox(key="cfg_distance_method").set_value("deepfool")
+    at.number_input(key="cfg_label_only_queries_False").set_value(250)
+    at.number_input(key="cfg_lira_shadows_False").set_value(2)
     at.button(key="train").click().run()
     assert not at.exception, at.exception
     finish_jobs(at, app_store)
-    assert any(r.record.n_members == 100 and r.record.config.epochs == 5 for r in ex.list_runs(app_store))
+    runs = [r for r in ex.list_runs(app_store) if r.record.n_members == 100 and r.record.config.epochs == 5]
+    assert runs and runs[0].record.config.label_only_queries == 250 and runs[0].record.config.lira_shadows == 2
+
+
+def test_experiment_page_leaves_the_label_only_budget_to_the_probes_until_a_number_is_typed(app_store, monkeypatch):
+    """The default label_only_queries is none (200 queries with low-frequency probes, 400 with Gaussian ones):
+    its box starts empty and says so, and a typed number replaces it (the run carries it: the test above)."""
+    monkeypatch.setattr(ex, "DEFAULT_CONFIG", FAST.replace(label_only_queries=None))
+    at = _open("app_pages/experiment.py", app_store)
+    box = at.number_input(key="cfg_label_only_queries_False")
+    assert box.value is None and box.proto.placeholder == "automatic"
+    box.set_value(120).run()
+    assert not at.exception and at.number_input(key="cfg_label_only_queries_False").value == 120
 
 
 def test_experiment_page_refuses_an_out_of_range_strength(app_store):

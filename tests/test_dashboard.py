@@ -86,6 +86,9 @@ def test_run_labels_say_what_differs(tmp_path):
     frame, differing = views.compare_runs([a, b, dp], ["a", "b", "dp"])
     assert set(differing) == {"distance_method", "defense", "defense_strength", "DP epsilon"}
     assert list(frame.columns) == ["a", "b", "dp"] and frame.loc["test accuracy", "a"] == a.test_accuracy
+    auto = dataclasses.replace(a, config=a.config.replace(label_only_queries=None))  # the probes decide
+    frame, differing = views.compare_runs([a, auto], ["a", "auto"])
+    assert differing == ["label_only_queries"] and frame.loc["label_only_queries", "auto"] == "automatic"
 
 
 def test_runs_can_be_named_filtered_and_deleted_keeping_the_store_consistent(app, tmp_path):

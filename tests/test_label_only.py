@@ -88,7 +88,8 @@ def test_the_l_inf_search_has_its_own_budget_and_rays_runs_are_told_apart():
 
     assert (DEFAULT_CONFIG.label_only_budget("l2"), DEFAULT_CONFIG.label_only_budget("linf")) == (400, 200)
     same = DEFAULT_CONFIG.replace(label_only_linf_queries=None)
-    assert same.label_only_budget("linf") == same.label_only_queries == 400
+    assert same.label_only_budget("linf") == same.label_only_budget("l2") == 400
+    assert same.label_only_budget("linf", (1, 28, 28)) == same.label_only_budget("l2", (1, 28, 28)) == 200
     assert RAYS_SEARCH_STEPS == 8
     rays_400 = "26a8a47665b209e3"  # the default evaluation with RayS's 12 steps (before)
     assert same.eval_key() != rays_400 and DEFAULT_CONFIG.eval_key() not in (rays_400, same.eval_key())
@@ -151,3 +152,34 @@ def test_low_frequency_probes_find_shorter_distances_on_28x28_images(trained_mni
     again = label_only_distance(model, x, y, norm=2.0, max_queries=200, start_pool=pool,
                                 probe_distribution="low-frequency")
     np.testing.assert_array_equal(again.norms, runs["low-frequency"].norms)
+
+
+def test_the_automatic_l2_budget_follows_the_probes_and_is_no_looser_than_gaussian_probes_at_400(
+        trained_mnist_cnn):
+    """label_only_queries none: 200 queries where the probes are low-frequency (28x28 images and larger), 400 where
+    they are Gaussian (8x8 digits, tables, or Gaussian probes asked for); an explicit budget wins. On 80
+    non-members of a small MNIST CNN the automatic search is no looser than Gaussian probes at 400 queries (the
+    default before low-frequency probes), at half their budget."""
+    from mia_core.config import ExperimentConfig
+
+    auto = ExperimentConfig()
+    assert auto.label_only_queries is None
+    assert [auto.label_only_budget("l2", s) for s in ((1, 28, 28), (3, 32, 32), (1, 8, 8), (30,), None)] == [
+        200, 200, 400, 400, 400]
+    assert auto.replace(label_only_probes="gaussian").label_only_budget("l2", (1, 28, 28)) == 400
+    assert auto.replace(label_only_queries=321).label_only_budget("l2", (1, 28, 28)) == 321
+    assert auto.label_only_budget("linf", (1, 28, 28)) == auto.label_only_linf_queries
+    assert auto.eval_key() != auto.replace(label_only_queries=200).eval_key()  # automatic is its own setting
+
+    model, split = trained_mnist_cnn
+    ds = load_dataset("mnist5k")
+    x = torch.from_numpy(ds.x[split.nonmembers[:80]])
+    y = torch.from_numpy(ds.y[split.nonmembers[:80]])
+    pool = torch.from_numpy(ds.x[split.reference[:500]])
+    budget = auto.label_only_budget("l2", tuple(x.shape[1:]))
+    now = label_only_distance(model, x, y, norm=2.0, max_queries=budget, start_pool=pool,
+                              probe_distribution=auto.label_only_probes)
+    before = label_only_distance(model, x, y, norm=2.0, max_queries=400, start_pool=pool, probe_distribution="gaussian")
+    ok = before.norms > 0
+    assert np.median(now.norms[ok]) <= 1.02 * np.median(before.norms[ok])
+    assert now.queries.mean() <= 0.6 * before.queries.mean()
