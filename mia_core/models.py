@@ -258,10 +258,11 @@ def inference_rows(model: nn.Module, default: int) -> int:
 
 
 @torch.no_grad()
-def logits_in_rows(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """model(x) without gradients, `inference_rows` samples at a time: the same bits as one pass (oneDNN
-    computes each sample on its own), holding one chunk's activations."""
-    rows = inference_rows(model, max(len(x), 1))
+def logits_in_rows(model: nn.Module, x: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+    """model(x) without gradients, `inference_rows(model, rows)` samples at a time (rows None: all at once
+    where the device allows it): the same bits as one pass (oneDNN computes each sample on its own), holding
+    one chunk's activations."""
+    rows = inference_rows(model, rows or max(len(x), 1))
     if len(x) <= rows:
         return model(x)
     return torch.cat([model(x[i : i + rows]) for i in range(0, len(x), rows)])
