@@ -120,7 +120,7 @@ def test_the_callers_model_is_left_as_it_was(trained_cnn, digits):
 
 def test_the_search_copy_answers_in_chunks_with_the_same_bits(trained_mnist_cnn):
     """On the CPU a CNN is searched through a channels-last copy that answers at most CPU_CONV_ROWS samples a
-    pass (half with gradients) and rectifies in place after its convolutions and linear layers: the logits and
+    pass (half with gradients) and rectifies in place after its pooling and linear layers: the logits and
     input gradients are bit for bit those of one pass of the copy over all samples (for chunks of equal size),
     and within float noise of the model's own; the model keeps its out-of-place ReLUs."""
     from torch import nn
@@ -133,7 +133,7 @@ def test_the_search_copy_answers_in_chunks_with_the_same_bits(trained_mnist_cnn)
     fast = search_model(model, x)
     assert isinstance(fast, RowChunks) and fast.rows == CPU_CONV_ROWS
     assert all(not m.inplace for m in model.modules() if isinstance(m, nn.ReLU))
-    assert all(m.inplace for m in fast.modules() if isinstance(m, nn.ReLU))  # each follows a conv or linear layer
+    assert all(m.inplace for m in fast.modules() if isinstance(m, nn.ReLU))  # each follows a pool or linear layer
     with torch.no_grad():
         chunked, whole = fast(x), fast.model(x)
         assert torch.equal(chunked, whole)
