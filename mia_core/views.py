@@ -3,6 +3,7 @@ functions, so they are tested without Streamlit and no algorithm lives in a page
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -331,13 +332,26 @@ def estimate_seconds(config: ExperimentConfig, past: Sequence[RunRecord]) -> Est
     n_new = searched(config, config.members)
     train = t.train_seconds * (config.members * config.epochs) / (c.members * c.epochs)
     search = t.distance_seconds * n_new / n_ref
-    budget = lambda cfg: cfg.label_only_budget("l2") + cfg.label_only_budget("linf")  # noqa: E731
+    shape = dataset_input_shape(config.dataset, config.data_dir)  # both runs' data: an automatic budget needs it
+    budget = lambda cfg: cfg.label_only_budget("l2", shape) + cfg.label_only_budget("linf", shape)  # noqa: E731
     label_only = t.label_only_seconds * (n_new * budget(config)) / (n_ref * budget(c))
     shadows = t.shadow_seconds * (config.lira_shadows * config.members * config.epochs) / (
         c.lira_shadows * c.members * c.epochs)
     rest = max(t.evaluation_seconds - t.distance_seconds - t.label_only_seconds - t.shadow_seconds, 0.0)
     total = train + search + label_only + shadows + rest * n_new / n_ref
     return Estimate(total, f"scaled from a stored run ({describe(c)})")
+
+
+@functools.lru_cache(maxsize=32)
+def dataset_input_shape(dataset: str, data_dir: str | None = None) -> tuple[int, ...] | None:
+    """The input shape of a named dataset (what an automatic label-only budget depends on), read once per
+    process; None where the data cannot be read now (a missing folder or file)."""
+    from .data import load_dataset
+
+    try:
+        return tuple(load_dataset(dataset, data_dir=data_dir).input_shape)
+    except (ValueError, OSError, LookupError):
+        return None
 
 
 def format_seconds(seconds: float | None) -> str:

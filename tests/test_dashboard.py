@@ -238,6 +238,27 @@ def test_estimates_come_from_stored_runs(tmp_path):
     assert "seed 7" in views.estimate_seconds(FAST, [reused]).basis
 
 
+def test_an_estimate_resolves_an_automatic_label_only_budget_for_the_datasets_images(tmp_path):
+    """On 28x28 images an automatic L2 budget is 200 queries (low-frequency probes), not 400: a run measured with
+    the automatic budget scales to an explicit 400 by (400 + 200) / (200 + 200) in its label-only seconds, and on
+    8x8 digits (Gaussian probes, 400 either way) the two estimates agree."""
+    from mia_core.config import LABEL_ONLY_QUERIES_GAUSSIAN, LABEL_ONLY_QUERIES_LOW_FREQUENCY
+
+    assert views.dataset_input_shape("mnist5k") == (1, 28, 28)
+    assert views.dataset_input_shape("no-such-dataset") is None
+    run = ex.run_experiment(FAST, store=tmp_path).record  # a real record; its config names the images below
+    auto = ex.ExperimentConfig(dataset="mnist5k", model=FAST.model, members=FAST.members, label_only_queries=None)
+    measured = dataclasses.replace(run, config=auto)
+    explicit = auto.replace(label_only_queries=LABEL_ONLY_QUERIES_GAUSSIAN)
+    extra = views.estimate_seconds(explicit, [measured]).seconds - views.estimate_seconds(auto, [measured]).seconds
+    linf = auto.label_only_budget("linf")
+    ratio = (LABEL_ONLY_QUERIES_GAUSSIAN + linf) / (LABEL_ONLY_QUERIES_LOW_FREQUENCY + linf)
+    assert extra == pytest.approx(run.timings.label_only_seconds * (ratio - 1), rel=1e-9)
+    on_digits = dataclasses.replace(run, config=auto.replace(dataset="digits"))
+    assert views.estimate_seconds(explicit.replace(dataset="digits"), [on_digits]).seconds == pytest.approx(
+        views.estimate_seconds(auto.replace(dataset="digits"), [on_digits]).seconds)
+
+
 def test_view_toggles_survive_a_visit_to_another_page(app, tmp_path):
     run = ex.run_experiment(FAST, store=tmp_path)
     at = app("app_pages/attacks.py", run.run_id)
