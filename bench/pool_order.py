@@ -1,4 +1,4 @@
-"""Pooling before the ReLU against the textbook order on the CPU (models.POOL_BEFORE_RELU; run by hand, prints a
+"""Pooling before the ReLU against the textbook order on the CPU (models.pool_before_relu; run by hand, prints a
 table): a training step, an input-gradient pass and a query pass of the 28x28 CNN of width 256, both orders
 alternated, and whether their outputs are the same bits.
 

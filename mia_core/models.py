@@ -66,7 +66,7 @@ def _cnn(shape: tuple[int, ...], k: int, width: int, dropout: float) -> nn.Modul
         raise ValueError(f"cnn needs image inputs (C, H, W); this dataset has shape {shape}. Use mlp or linear.")
     c, h, w = shape
     c1, c2 = max(8, width // 4), max(16, width // 2)
-    return nn.Sequential(  # pooling before the rectifier: see POOL_BEFORE_RELU
+    return nn.Sequential(  # pooling before the rectifier: see pool_before_relu
         nn.Conv2d(c, c1, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(),
         nn.Conv2d(c1, c2, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(),
         nn.Flatten(), nn.Dropout(dropout),
@@ -160,7 +160,7 @@ def search_model(model: nn.Module, x: torch.Tensor) -> nn.Module:
     except Exception:  # a model that cannot be copied is searched as it is
         return model
     fast.requires_grad_(False)
-    _pool_before_relu(fast)
+    pool_before_relu(fast)
     _relu_in_place(fast)
     return RowChunks(fast.to(memory_format=torch.channels_last))
 
@@ -204,24 +204,20 @@ def stacked_forward(model: nn.Module) -> Callable[[dict, dict, torch.Tensor], to
     return forward
 
 
-POOL_BEFORE_RELU = """Max-pooling and the ReLU commute, values and gradients alike: max(relu(a), relu(b)) is
-relu(max(a, b)) exactly, and both orders send a window's gradient to its first largest input, or nowhere when
-that input is not positive. So a network that pools before it rectifies is the conv-ReLU-pool network bit for
-bit (its weights after training too: tests/test_models.py), with a quarter of the rectified activations: on
-the CPU the 28x28 CNN of width 256 takes 11% less time a training step and 20% less an input gradient
-(bench/pool_order.py; the issue-13 audit of mnist5k took 162 s instead of 180, every stored array the same). The built-in `cnn` is built so; a search copy of any other model is reordered
-(`_pool_before_relu`)."""
-
-
-def _pool_before_relu(model: nn.Module) -> None:
-    """Swap each ReLU directly followed by a max-pooling layer in `model`'s sequential chains (a search copy
-    only): the same values and gradients, fewer rectified activations (see POOL_BEFORE_RELU)."""
+def pool_before_relu(model: nn.Module) -> None:
+    """Swap each ReLU directly followed by a max-pooling layer in `model`'s sequential chains, in place.
+    Max-pooling and the ReLU commute, values and gradients alike: max(relu(a), relu(b)) is relu(max(a, b))
+    exactly, and both orders send a window's gradient to its first largest input, or nowhere when that input is
+    not positive. So the reordered network is the conv-ReLU-pool one bit for bit (trained weights included:
+    tests/test_models.py) with a quarter of the rectified activations: on the CPU the 28x28 CNN of width 256
+    takes 11% less time a training step and 20% less an input gradient (bench/pool_order.py). The built-in
+    `cnn` is built in this order; `search_model` reorders its copy of any other model."""
     for seq in (m for m in model.modules() if type(m) is nn.Sequential):  # a subclass may read layers' outputs
         names = list(seq._modules)
         for a, b in zip(names, names[1:]):
-            if type(seq._modules[a]) is nn.ReLU and isinstance(seq._modules[b], nn.modules.pooling._MaxPoolNd) \
-                    and not seq._modules[b].return_indices:
-                seq._modules[a], seq._modules[b] = seq._modules[b], seq._modules[a]
+            relu, pool = seq._modules[a], seq._modules[b]
+            if type(relu) is nn.ReLU and isinstance(pool, nn.modules.pooling._MaxPoolNd) and not pool.return_indices:
+                seq._modules[a], seq._modules[b] = pool, relu
 
 
 _KEEPS_NO_OUTPUT = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm,

@@ -27,7 +27,7 @@ def _input_gradient(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def test_the_cnn_pools_before_it_rectifies_with_the_values_gradients_and_training_of_relu_then_pool():
-    """Max-pooling and the ReLU commute in value and in gradient (models.POOL_BEFORE_RELU): the built-in CNN's
+    """Max-pooling and the ReLU commute in value and in gradient (models.pool_before_relu): the built-in CNN's
     logits and input gradients on real digits are the textbook order's bit for bit, at initialisation and after
     training both on the same data with the same seed, and the trained weights are identical."""
     ds = load_dataset("mnist5k")
