@@ -39,11 +39,9 @@ with right:
 
 run = state.current_run()
 if run is None:
-    if (job := state.followed_job()) is not None and job.status.active:
-        st.info(f"Computing {state.plain(job.label)} in the background (progress in the sidebar); the results "
-                "appear here when it is done.")
-    else:
+    if (job := state.followed_job()) is None or not job.status.active:
         st.info("Press **Run the demo**, or set up your own model on the **Experiment** page.")
+    state.offer_runs()
     st.stop()
 
 state.first_results_note(run)

@@ -139,14 +139,19 @@ def submit(config: ExperimentConfig, label: str, *, follow: bool = True) -> Job 
     guess = views.estimate_seconds(config, [r.record for r in all_runs()]).seconds
     job = job_queue(str(store().root)).submit(config, label=label, estimate=guess)
     if follow:
-        st.session_state["job"] = job.id
-        st.query_params["job"] = job.id
+        follow_job(job.id)
     return job
 
 
 def followed_job() -> Job | None:
     jid = st.query_params.get("job") or st.session_state.get("job")
     return job_queue(str(store().root)).get(jid) if jid else None
+
+
+def follow_job(jid: str) -> None:
+    """This session follows job `jid` (any visitor's): its first results, then its run, become current."""
+    st.session_state["job"] = jid
+    st.query_params["job"] = jid
 
 
 def _stop_following() -> None:
@@ -192,17 +197,39 @@ def job_panel() -> None:
     st.fragment(panel, run_every=2.0 if job.status.active else None)()
 
 
+def offer_runs() -> None:
+    """On a page with no run open: the newest job active on this server, to follow (a job another tab or
+    visitor started shows its first results here while it runs), and the newest finished run, to open."""
+    if (job := followed_job()) is not None and job.status.active:
+        st.info(f"Computing {plain(job.label or 'a job')} in the background (progress in the sidebar); its first "
+                "results appear here as soon as they are stored.", icon=":material/hourglass_top:")
+        return
+    active = [j for j in job_queue(str(store().root)).jobs() if j.status.active]
+    if active:
+        st.info(plain(views.job_line(active[0], others=len(active) - 1)), icon=":material/pending_actions:")
+        if st.button("Open its first results" if active[0].first_run_id else "Follow it", key="follow_active"):
+            follow_job(active[0].id)
+            st.rerun(scope="app")
+    if runs := all_runs():
+        newest = views.run_label(runs[0].record, run_names().get(runs[0].run_id))
+        if st.button(f"Open the newest finished run: {plain(newest)}", key="open_newest"):
+            set_current(runs[0].run_id)
+            st.rerun(scope="app")
+
+
 def require_run() -> ex.RunResult:
-    """The current run, or a prompt to create one (and stop the page)."""
+    """The current run, or a prompt to create or open one (and stop the page)."""
     run = current_run()
     if run is None:
-        guess = views.estimate_seconds(ex.DEFAULT_CONFIG, [r.record for r in all_runs()])
-        when = views.format_seconds(guess.seconds) if guess.seconds is not None else "a first run, time not known yet"
-        st.info(f"No run is open yet. Run the demo ({views.describe(ex.DEFAULT_CONFIG)}; {when}) or choose an "
-                "experiment on the Experiment page.")
-        if st.button("Run the demo", type="primary", key="demo_inline"):
-            submit(ex.DEFAULT_CONFIG, "the demo")
-            st.rerun()
+        if (job := followed_job()) is None or not job.status.active:
+            guess = views.estimate_seconds(ex.DEFAULT_CONFIG, [r.record for r in all_runs()])
+            when = views.format_seconds(guess.seconds) if guess.seconds is not None else "a first run, time not known yet"
+            st.info(f"No run is open yet. Run the demo ({views.describe(ex.DEFAULT_CONFIG)}; {when}) or choose an "
+                    "experiment on the Experiment page.")
+            if st.button("Run the demo", type="primary", key="demo_inline"):
+                submit(ex.DEFAULT_CONFIG, "the demo")
+                st.rerun()
+        offer_runs()
         st.stop()
     first_results_note(run)
     return run

@@ -437,6 +437,22 @@ def jobs_frame(jobs) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def job_line(job, others: int = 0) -> str:
+    """What a page with no run open says of a background job of the server (`mia_core.jobs.Job`): what it
+    computes, where it stands, whether its first results can be opened, and how many other jobs are active."""
+    from .jobs import Status
+
+    what = job.label or "a job"
+    where = (f"{job.stage or 'starting'}, {job.fraction:.0%}, {format_seconds(job.elapsed)} so far"
+             if job.status is Status.RUNNING else "queued, waiting for a free worker")
+    text = f"{what[0].upper()}{what[1:]} is being computed on this server ({where})."
+    text += (" Its first results are ready to open." if job.first_run_id
+             else " Follow it to see its first results here as soon as they are stored.")
+    if others:
+        text += f" {others} more job{'s are' if others > 1 else ' is'} active (Jobs page)."
+    return text
+
+
 def class_name(dataset) -> Callable[[int], str]:
     """A class index as the dataset names it ('malignant'), or as 'class 3' where it has no names."""
     names = dataset.class_names

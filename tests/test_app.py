@@ -304,7 +304,33 @@ def test_every_page_shows_a_runs_first_results_and_names_what_is_still_computed(
     assert not at.exception, at.exception
     assert any("Still being computed" in _shown(i.value) for i in at.info)
     assert at.metric[0].label == "test accuracy"  # the headline of the first results
+    # a new tab (no run chosen, no job followed: another visitor's job, or a closed tab's) is offered the running
+    # job; opening it shows its first results, and the sidebar follows the job
+    _fast_run(app_store)  # and the store has a finished run
+    newest = ex.list_runs(app_store)[0]
+    at = _app()
+    at.run()
+    at.switch_page("app_pages/attacks.py").run()
+    assert not at.exception, at.exception
+    offer = [_shown(i.value) for i in at.info if "being computed on this server" in _shown(i.value)]
+    assert offer and "(label-only search, 40%" in offer[0] and "first results are ready" in offer[0], offer
+    at.button(key="follow_active").click().run()
+    assert not at.exception, at.exception
+    assert any("Still being computed" in _shown(i.value) for i in at.info)
+    first = ex.load_run(first_id, store=app_store).record
+    table = _frame(at, "AUC 95% CI")
+    assert dict(zip(table["id"], table["AUC"]))["loss"] == pytest.approx(first.attacks["loss"].auc)
+    assert any(b.key == "job_cancel" for b in at.sidebar.button)  # the sidebar follows it now
     files.write_status(status=Status.FAILED.value, error="ended by the test")
+    # with no job active, a new tab is offered the newest finished run
+    at = _app()
+    at.run()
+    at.switch_page("app_pages/attacks.py").run()
+    assert not any("being computed on this server" in _shown(i.value) for i in at.info)
+    at.button(key="open_newest").click().run()
+    assert not at.exception, at.exception
+    table = _frame(at, "AUC 95% CI")
+    assert dict(zip(table["id"], table["AUC"]))["loss"] == pytest.approx(newest.record.attacks["loss"].auc)
     at = _open("app_pages/attacks.py", app_store, first_id)
     table = _frame(at, "AUC 95% CI")
     shown = dict(zip(table["id"], table["AUC"]))
