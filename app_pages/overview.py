@@ -39,9 +39,9 @@ with right:
 
 run = state.current_run()
 if run is None:
+    state.offer_runs()
     if (job := state.followed_job()) is None or not job.status.active:
         st.info("Press **Run the demo**, or set up your own model on the **Experiment** page.")
-    state.offer_runs()
     st.stop()
 
 state.first_results_note(run)

@@ -221,6 +221,7 @@ def require_run() -> ex.RunResult:
     """The current run, or a prompt to create or open one (and stop the page)."""
     run = current_run()
     if run is None:
+        offer_runs()
         if (job := followed_job()) is None or not job.status.active:
             guess = views.estimate_seconds(ex.DEFAULT_CONFIG, [r.record for r in all_runs()])
             when = views.format_seconds(guess.seconds) if guess.seconds is not None else "a first run, time not known yet"
@@ -229,7 +230,6 @@ def require_run() -> ex.RunResult:
             if st.button("Run the demo", type="primary", key="demo_inline"):
                 submit(ex.DEFAULT_CONFIG, "the demo")
                 st.rerun()
-        offer_runs()
         st.stop()
     first_results_note(run)
     return run

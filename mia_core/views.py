@@ -445,7 +445,7 @@ def job_line(job, others: int = 0) -> str:
     what = job.label or "a job"
     where = (f"{job.stage or 'starting'}, {job.fraction:.0%}, {format_seconds(job.elapsed)} so far"
              if job.status is Status.RUNNING else "queued, waiting for a free worker")
-    text = f"{what[0].upper()}{what[1:]} is being computed on this server ({where})."
+    text = f"Being computed on this server: {what} ({where})."
     text += (" Its first results are ready to open." if job.first_run_id
              else " Follow it to see its first results here as soon as they are stored.")
     if others:

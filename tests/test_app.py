@@ -312,7 +312,7 @@ def test_every_page_shows_a_runs_first_results_and_names_what_is_still_computed(
     at.run()
     at.switch_page("app_pages/attacks.py").run()
     assert not at.exception, at.exception
-    offer = [_shown(i.value) for i in at.info if "being computed on this server" in _shown(i.value)]
+    offer = [_shown(i.value) for i in at.info if "Being computed on this server: " in _shown(i.value)]
     assert offer and "(label-only search, 40%" in offer[0] and "first results are ready" in offer[0], offer
     at.button(key="follow_active").click().run()
     assert not at.exception, at.exception
@@ -326,7 +326,7 @@ def test_every_page_shows_a_runs_first_results_and_names_what_is_still_computed(
     at = _app()
     at.run()
     at.switch_page("app_pages/attacks.py").run()
-    assert not any("being computed on this server" in _shown(i.value) for i in at.info)
+    assert not any("Being computed on this server: " in _shown(i.value) for i in at.info)
     at.button(key="open_newest").click().run()
     assert not at.exception, at.exception
     table = _frame(at, "AUC 95% CI")
