@@ -24,9 +24,14 @@ def job_list() -> None:
     done = [j for j in jobs if j.run_id]
     a, b = st.columns(2)
     if active:
-        pick = a.selectbox("job to cancel", [j.id for j in active], key="jobs_cancel_pick",
+        pick = a.selectbox("active job", [j.id for j in active], key="jobs_active_pick",
                            format_func=lambda i: next(f"{j.label} ({j.status.value})" for j in active if j.id == i))
-        if a.button("Cancel", key="jobs_cancel"):
+        follow, cancel = a.columns(2)
+        if follow.button("Follow", key="jobs_follow", help="Show its progress in the sidebar and its first "
+                         "results on every page while it runs; its run opens when it is done."):
+            state.follow_job(pick)
+            st.rerun(scope="app")
+        if cancel.button("Cancel", key="jobs_cancel"):
             queue.cancel(pick)
             st.rerun()
     if done:

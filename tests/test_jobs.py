@@ -156,7 +156,9 @@ def test_a_job_outlives_the_page_and_a_reload_finds_it(tmp_path, monkeypatch):
     slow = queue.submit(SLOW.replace(seed=7), label="to cancel")
     _wait_for_stage(queue, slow.id, ("training", "distances", "label-only", "starting"))
     reloaded.switch_page("app_pages/jobs.py").run()
-    reloaded.selectbox(key="jobs_cancel_pick").set_value(slow.id)
+    reloaded.selectbox(key="jobs_active_pick").set_value(slow.id)
+    reloaded.button(key="jobs_follow").click().run()  # another visitor's job, followed from the Jobs page
+    assert reloaded.query_params["job"] == slow.id and any(b.key == "job_cancel" for b in reloaded.sidebar.button)
     reloaded.button(key="jobs_cancel").click().run()
     assert queue.get(slow.id).status is Status.CANCELLED and _temporaries(tmp_path) == []
 
