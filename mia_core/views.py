@@ -15,6 +15,7 @@ from . import metrics as mt
 from .attacks import ATTACKS
 from .config import AUDIT_MODEL, ExperimentConfig
 from .defenses import DEFENSES
+from .jobs import Job, Status
 from .records import RunRecord, ScoreTable
 
 Metric = Callable[[mt.AttackMetrics], float]
@@ -437,11 +438,9 @@ def jobs_frame(jobs) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def job_line(job, others: int = 0) -> str:
-    """What a page with no run open says of a background job of the server (`mia_core.jobs.Job`): what it
+def job_line(job: Job, others: int = 0) -> str:
+    """What a page with no run open says of a background job of the server: what it
     computes, where it stands, whether its first results can be opened, and how many other jobs are active."""
-    from .jobs import Status
-
     what = job.label or "a job"
     where = (f"{job.stage or 'starting'}, {job.fraction:.0%}, {format_seconds(job.elapsed)} so far"
              if job.status is Status.RUNNING else "queued, waiting for a free worker")

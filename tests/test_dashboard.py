@@ -331,3 +331,23 @@ def test_an_onnx_model_and_a_table_uploaded_in_the_app_are_audited(app, tmp_path
     at.button(key="audit_run").click().run()
     assert "not an ONNX model" in at.error[0].value
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and "upload" not in p.name} == before
+
+
+def test_a_job_line_says_where_a_job_stands_and_what_can_be_opened(tmp_path):
+    """The line a tab with no run open shows of a server's job, from a real job's state files."""
+    from mia_core.jobs import JobFiles, Status
+
+    cfg = ex.ExperimentConfig(members=120, epochs=3)
+    files = JobFiles(tmp_path, "j1")
+    files.create(cfg, views.describe(cfg), None)
+    queued = files.read()
+    assert views.job_line(queued) == (f"Being computed on this server: {views.describe(cfg)} (queued, waiting for a "
+                                      "free worker). Follow it to see its first results here as soon as they are "
+                                      "stored.")
+    files.write_status(status=Status.RUNNING.value, started=1.0, stage="label-only search", fraction=0.42,
+                       first_run_id="r/first1-x")
+    running = files.read()
+    line = views.job_line(running, others=2)
+    assert "(label-only search, 42%, " in line and line.endswith(
+        "so far). Its first results are ready to open. 2 more jobs are active (Jobs page).")
+    assert views.job_line(running, others=1).endswith("1 more job is active (Jobs page).")
