@@ -27,7 +27,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
 from .config import SHADOW_TRAINING
-from .models import is_convolutional, logits_in_rows, stacked_forward
+from .models import is_convolutional, logits_in_rows, stacked_forward, stacked_gradients
 from .probabilities import precise_log_softmax
 from .training import make_optimizer
 from .store import atomic_folder, config_hash, discard_damaged, folder_problem
@@ -98,6 +98,7 @@ def train_shadow_chunk(
         return functional_call(base, (p, b), (xb,))
 
     stacked = stacked_forward(models[0]) if x.device.type == "cpu" else None  # same bits as vmap, less overhead
+    gradients = stacked_gradients(models[0]) if stacked else None  # autograd's gradients, without its engine
     batched = stacked or vmap(run, randomness="different")
     opt = make_optimizer(optimizer, params.values(), lr=lr, weight_decay=weight_decay, fused=fused)
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -107,6 +108,11 @@ def train_shadow_chunk(
         shuffled = subsets.gather(1, order)
         for s in range(0, per_model, batch_size):
             idx = shuffled[:, s : s + batch_size]
+            if gradients is not None:
+                for name, grad in gradients(params, buffers, x[idx], y[idx], n_models, mixed).items():
+                    params[name].grad = grad
+                opt.step()
+                continue
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=mixed):
                 logits = batched(params, buffers, x[idx])
             loss = F.cross_entropy(logits.float().flatten(0, 1), y[idx].flatten()) * n_models

@@ -165,14 +165,10 @@ def search_model(model: nn.Module, x: torch.Tensor) -> nn.Module:
     return RowChunks(fast.to(memory_format=torch.channels_last))
 
 
-def stacked_forward(model: nn.Module) -> Callable[[dict, dict, torch.Tensor], torch.Tensor] | None:
-    """For a `Classifier` whose body is a plain multilayer perceptron (Flatten, Linear, ReLU, Identity and
-    Dropout of rate 0 in one Sequential), a function (params, buffers, x [M, B, *shape]) -> logits [M, B, k] that
-    runs M copies stacked by `torch.func.stack_module_state` with batched matrix products; None for any other
-    model. It computes what vmap over `functional_call` computes, by the same operations (normalise, then
-    matmul with the transposed weights plus the bias; bfloat16 autocast included), bit for bit on the CPU
-    (tests/test_lira.py), without vmap's per-call cost: a digits MLP's shadow step takes 2.4 ms for 8 models
-    instead of 3.9 (bench/shadows.py)."""
+def _plain_mlp(model: nn.Module) -> tuple[list[tuple[str, str | None]], set[str]] | None:
+    """The layers of a `Classifier` whose body is a plain multilayer perceptron (Flatten, Linear, ReLU, Identity
+    and Dropout of rate 0 in one Sequential) as (kind, parameter prefix) pairs, and the prefixes of the biased
+    linear layers; None for any other model."""
     if type(model) is not Classifier or type(model.normalize) is not Normalize or type(model.body) is not nn.Sequential:
         return None
     layers: list[tuple[str, str | None]] = []
@@ -186,7 +182,21 @@ def stacked_forward(model: nn.Module) -> Callable[[dict, dict, torch.Tensor], to
             layers.append(("relu", None))
         elif not (kind is nn.Identity or (kind is nn.Dropout and layer.p == 0)):
             return None
-    biased = {key for kind, key in layers if kind == "linear" and getattr(model.body, key.split(".")[1]).bias is not None}
+    return layers, {key for kind, key in layers if kind == "linear" and getattr(model.body, key[5:]).bias is not None}
+
+
+def stacked_forward(model: nn.Module) -> Callable[[dict, dict, torch.Tensor], torch.Tensor] | None:
+    """For a `Classifier` whose body is a plain multilayer perceptron (Flatten, Linear, ReLU, Identity and
+    Dropout of rate 0 in one Sequential), a function (params, buffers, x [M, B, *shape]) -> logits [M, B, k] that
+    runs M copies stacked by `torch.func.stack_module_state` with batched matrix products; None for any other
+    model. It computes what vmap over `functional_call` computes, by the same operations (normalise, then
+    matmul with the transposed weights plus the bias; bfloat16 autocast included), bit for bit on the CPU
+    (tests/test_attacks_sota.py), without vmap's per-call cost: a digits MLP's shadow step takes 2.4 ms for 8
+    models instead of 3.9 (bench/shadows.py)."""
+    plain = _plain_mlp(model)
+    if plain is None:
+        return None
+    layers, biased = plain
 
     def forward(params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
         h = (x - buffers["normalize.mean"].unsqueeze(1)) / buffers["normalize.std"].unsqueeze(1)
@@ -202,6 +212,73 @@ def stacked_forward(model: nn.Module) -> Callable[[dict, dict, torch.Tensor], to
         return h
 
     return forward
+
+
+StackedGradients = Callable[[dict, dict, torch.Tensor, torch.Tensor, int, bool], dict[str, torch.Tensor]]
+
+
+def stacked_gradients(model: nn.Module) -> StackedGradients | None:
+    """For the models `stacked_forward` runs, a function (params, buffers, x [M, B, *shape], y [M, B], scale,
+    mixed) -> {parameter name: gradient} of scale * cross_entropy(stacked logits [M * B, k], y) (the mean over
+    all M * B rows, the stacked shadows' loss), with `mixed` as under bfloat16 autocast; None for any other
+    model. It runs the kernels autograd's backward pass runs for that loss (nll_loss_backward,
+    _log_softmax_backward_data, the sums of broadcast bias gradients, bmm's two gradient products, the casts,
+    threshold_backward) on the same operands in the same order, so each gradient is autograd's bit for bit
+    (tests/test_attacks_sota.py compares whole trainings with vmap's); what it leaves out is the autograd
+    engine's own cost a step (and autocast's), and each weight's gradient is written into the weight's layout by
+    the cast that makes it, not copied again: 16 digits MLP shadows train 1.17-1.19x faster in `mixed`, 1.04-1.13x
+    in `fast` (interleaved in one process, two runs)."""
+    plain = _plain_mlp(model)
+    if plain is None:
+        return None
+    layers, biased = plain
+
+    @torch.no_grad()
+    def gradients(params: dict, buffers: dict, x: torch.Tensor, y: torch.Tensor, scale: int,
+                  mixed: bool) -> dict[str, torch.Tensor]:
+        h = (x - buffers["normalize.mean"].unsqueeze(1)) / buffers["normalize.std"].unsqueeze(1)
+        tape: list[tuple] = []  # what each layer's backward reads
+        for kind, key in layers:
+            if kind == "flatten":
+                tape.append((kind, h.shape))
+                h = h.flatten(2)
+            elif kind == "relu":
+                h = torch.relu(h)
+                tape.append((kind, h))
+            else:  # autocast casts matmul's floating operands to bfloat16 (a no-op cast where they already are)
+                needs_input_grad = any(t[0] == "linear" for t in tape)  # a parameter comes before it
+                a, w = h, params[f"{key}.weight"].transpose(1, 2)
+                if mixed:
+                    a, w = a.to(torch.bfloat16), w.to(torch.bfloat16)
+                product = torch.matmul(a, w)
+                tape.append((kind, key, h.dtype, product.dtype, a, w, needs_input_grad))
+                h = product
+                if key in biased:
+                    h = h + params[f"{key}.bias"].unsqueeze(1)
+        logp = torch.log_softmax(h.float().flatten(0, 1), 1)
+        target = y.flatten()
+        _, total_weight = torch.ops.aten.nll_loss_forward(logp, target, None, 1, -100)
+        g = torch.ops.aten.nll_loss_backward(torch.ones(()) * scale, logp, target, None, 1, -100, total_weight)
+        g = torch.ops.aten._log_softmax_backward_data(g, logp, 1, logp.dtype).view(h.shape).to(h.dtype)
+        grads: dict[str, torch.Tensor] = {}
+        for entry in reversed(tape):
+            if entry[0] == "flatten":
+                g = g.reshape(entry[1])
+            elif entry[0] == "relu":
+                g = torch.ops.aten.threshold_backward(g, entry[1], 0)
+            else:
+                _, key, input_dtype, product_dtype, a, w, needs_input_grad = entry
+                if key in biased:
+                    grads[f"{key}.bias"] = g.sum([1], keepdim=True).squeeze(1)
+                g = g.to(product_dtype)
+                weight_grad = a.transpose(1, 2).bmm(g).transpose(1, 2)  # then cast and laid out as the weight
+                grads[f"{key}.weight"] = torch.empty_like(params[f"{key}.weight"]).copy_(weight_grad)
+                if not needs_input_grad:
+                    break
+                g = g.bmm(w.transpose(1, 2)).to(input_dtype)
+        return grads
+
+    return gradients
 
 
 def pool_before_relu(model: nn.Module) -> None:
