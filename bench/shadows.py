@@ -7,7 +7,8 @@ Each case trains the shadow set an audit of the default recipe trains (16 models
 evaluation pool, the target's epochs and batch size), once per mode and repeat, interleaved, in this one
 process after a warm-up; it prints the median models a second, and each set's mean accuracy on the points its
 models did not train on (the speed must not cost accuracy). For an MLP each mode also runs as before
-`models.stacked_forward` (vmap over functional_call, the same bits), so the table compares the two in one run.
+`models.stacked_forward` and `models.stacked_gradients` (vmap over functional_call, differentiated by autograd: the
+same bits), so the table compares the two in one run.
 """
 
 from __future__ import annotations

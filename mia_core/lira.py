@@ -5,7 +5,9 @@ point is IN for about half of them and OUT for the rest. For each point, the log
 phi = log p_y - log sum_{k != y} p_k on the IN and the OUT models is fitted by Gaussians; the target
 model's phi is scored by their likelihood ratio (online) or against the OUT Gaussian alone (offline), with a
 per-example or a global (fixed) variance. The shadows train stacked: one `torch.func.functional_call`
-under `vmap` runs every model's batch in one call, and one Adam steps them all. With `training="fast"` that
+under `vmap` runs every model's batch in one call, and one Adam steps them all (a plain MLP on the CPU runs as
+batched matrix products, `models.stacked_forward`, with autograd's gradients computed without its engine,
+`models.stacked_gradients`: the same bits). With `training="fast"` that
 Adam is fused, and on the CPU convolutional models train one at a time in channels-last memory instead
 (vmap turns a stack of convolutions into grouped convolutions, slower there than one model's); "mixed" adds
 bfloat16 forward and backward passes where the device computes them natively (weights, optimiser state and
