@@ -113,13 +113,12 @@ def train_shadow_chunk(
             if gradients is not None:
                 for name, grad in gradients(params, buffers, x[idx], y[idx], n_models, mixed).items():
                     params[name].grad = grad
-                opt.step()
-                continue
-            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=mixed):
-                logits = batched(params, buffers, x[idx])
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y[idx].flatten()) * n_models
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            else:
+                with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=mixed):
+                    logits = batched(params, buffers, x[idx])
+                loss = F.cross_entropy(logits.float().flatten(0, 1), y[idx].flatten()) * n_models
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
             opt.step()
     with torch.no_grad():
         for m in models:

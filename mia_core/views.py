@@ -439,8 +439,8 @@ def jobs_frame(jobs) -> pd.DataFrame:
 
 
 def job_line(job: Job, others: int = 0) -> str:
-    """What a page with no run open says of a background job of the server: what it
-    computes, where it stands, whether its first results can be opened, and how many other jobs are active."""
+    """What a page with no run open says of a background job of the server: what it computes, where it stands,
+    whether its first results can be opened, and how many other jobs are active."""
     what = job.label or "a job"
     where = (f"{job.stage or 'starting'}, {job.fraction:.0%}, {format_seconds(job.elapsed)} so far"
              if job.status is Status.RUNNING else "queued, waiting for a free worker")
