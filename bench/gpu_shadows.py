@@ -10,6 +10,7 @@ default rule. Prints model-epochs a second (after one warm-up of each) and the a
 
 from __future__ import annotations
 
+import sys
 import time
 
 import torch
@@ -19,6 +20,9 @@ from mia_core.models import build_model
 
 
 def main() -> None:
+    if not torch.cuda.is_available():
+        sys.exit("bench/gpu_shadows.py needs a CUDA GPU and this machine has none (bench/shadows.py measures the "
+                 "reference models' training on the CPU).")
     dev = torch.device("cuda")
     g = torch.Generator().manual_seed(0)
     n, per, n_models, epochs = 20_000, 10_000, 4, 2
