@@ -15,6 +15,8 @@ run the same command again; each call prints its own stages' seconds, and the au
 from __future__ import annotations
 
 import argparse
+import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -51,8 +53,18 @@ def main() -> None:
     ap.add_argument("--store", default=None, help="default: a temporary folder")
     ap.add_argument("--device", default="cuda", help="cpu for a quick check of the script itself")
     a = ap.parse_args()
-
+    if a.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("bench/gpu_audit.py needs a CUDA GPU and this machine has none (--device cpu checks the script "
+                 "itself; bench/runs.py times audits on the CPU).")
     tmp = Path(tempfile.mkdtemp(prefix="gpu_audit_"))
+    try:
+        audit(a, tmp)
+    finally:  # the temporary data and store (a given --store and the data beside it stay)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def audit(a: argparse.Namespace, tmp: Path) -> None:
+    """Run and print the audit `a` asks for, with `tmp` for what no --store keeps."""
     try:
         load_dataset("cifar10", data_dir=a.data_dir)
         dataset, source = "cifar10", f"CIFAR-10 from {a.data_dir}"
