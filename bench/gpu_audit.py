@@ -55,7 +55,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("bench/gpu_audit.py needs a CUDA GPU and this machine has none (--device cpu checks the script "
-                 "itself; bench/runs.py times audits on the CPU).")
+                 "itself; bench/first_results.py times a whole audit on the CPU).")
     tmp = Path(tempfile.mkdtemp(prefix="gpu_audit_"))
     try:
         audit(a, tmp)
