@@ -39,8 +39,7 @@ with right:
 
 run = state.current_run()
 if run is None:
-    state.offer_runs()
-    if (job := state.followed_job()) is None or not job.status.active:
+    if not state.offer_runs():
         st.info("Press **Run the demo**, or set up your own model on the **Experiment** page.")
     st.stop()
 

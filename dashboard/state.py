@@ -10,7 +10,7 @@ from mia_core import experiment as ex
 from mia_core import views
 from mia_core.attacks import ATTACKS
 from mia_core.config import ExperimentConfig
-from mia_core.jobs import Job, JobQueue, Status
+from mia_core.jobs import Job, JobQueue, Status, job_id
 from mia_core.limits import Limits
 from mia_core.metrics import roc_band, roc_points
 from mia_core.store import Store, StoreError
@@ -197,13 +197,14 @@ def job_panel() -> None:
     st.fragment(panel, run_every=2.0 if job.status.active else None)()
 
 
-def offer_runs() -> None:
+def offer_runs() -> bool:
     """On a page with no run open: the newest job active on this server, to follow (a job another tab or
-    visitor started shows its first results here while it runs), and the newest finished run, to open."""
+    visitor started shows its first results here while it runs), and the newest finished run, to open. Whether
+    a prompt to run the demo would be redundant: this session follows an active job, or the demo is running."""
     if (job := followed_job()) is not None and job.status.active:
         st.info(f"Computing {plain(job.label or 'a job')} in the background (progress in the sidebar); its first "
                 "results appear here as soon as they are stored.", icon=":material/hourglass_top:")
-        return
+        return True
     active = [j for j in job_queue(str(store().root)).jobs() if j.status.active]
     if active:
         st.info(plain(views.job_line(active[0], others=len(active) - 1)), icon=":material/pending_actions:")
@@ -215,14 +216,14 @@ def offer_runs() -> None:
         if st.button(f"Open the newest finished run: {plain(newest)}", key="open_newest"):
             set_current(runs[0].run_id)
             st.rerun(scope="app")
+    return any(j.id == job_id(ex.DEFAULT_CONFIG) for j in active)
 
 
 def require_run() -> ex.RunResult:
     """The current run, or a prompt to create or open one (and stop the page)."""
     run = current_run()
     if run is None:
-        offer_runs()
-        if (job := followed_job()) is None or not job.status.active:
+        if not offer_runs():
             guess = views.estimate_seconds(ex.DEFAULT_CONFIG, [r.record for r in all_runs()])
             when = views.format_seconds(guess.seconds) if guess.seconds is not None else "a first run, time not known yet"
             st.info(f"No run is open yet. Run the demo ({views.describe(ex.DEFAULT_CONFIG)}; {when}) or choose an "

@@ -314,6 +314,7 @@ def test_every_page_shows_a_runs_first_results_and_names_what_is_still_computed(
     assert not at.exception, at.exception
     offer = [_shown(i.value) for i in at.info if "Being computed on this server: " in _shown(i.value)]
     assert offer and "(label-only search, 40%" in offer[0] and "first results are ready" in offer[0], offer
+    assert any(b.key == "demo_inline" for b in at.button)  # the running job is not the demo
     at.button(key="follow_active").click().run()
     assert not at.exception, at.exception
     assert any("Still being computed" in _shown(i.value) for i in at.info)
@@ -331,6 +332,17 @@ def test_every_page_shows_a_runs_first_results_and_names_what_is_still_computed(
     assert not at.exception, at.exception
     table = _frame(at, "AUC 95% CI")
     assert dict(zip(table["id"], table["AUC"]))["loss"] == pytest.approx(newest.record.attacks["loss"].auc)
+    # while the demo itself runs, a new tab is offered it, not a second "Run the demo" (seen in a Chromium trial)
+    demo = JobFiles(app_store, job_id(ex.DEFAULT_CONFIG))
+    demo.create(ex.DEFAULT_CONFIG, "the demo", None)
+    demo.write_status(status=Status.RUNNING.value, pid=os.getpid(), stage="training", fraction=0.1)
+    at = _app()
+    at.run()
+    at.switch_page("app_pages/attacks.py").run()
+    assert not at.exception, at.exception
+    assert any("Being computed on this server: the demo (training, 10%" in _shown(i.value) for i in at.info)
+    assert any(b.key == "follow_active" for b in at.button) and not any(b.key == "demo_inline" for b in at.button)
+    demo.write_status(status=Status.FAILED.value, error="ended by the test")
     at = _open("app_pages/attacks.py", app_store, first_id)
     table = _frame(at, "AUC 95% CI")
     shown = dict(zip(table["id"], table["AUC"]))
