@@ -27,10 +27,9 @@ def job_list() -> None:
         pick = a.selectbox("active job", [j.id for j in active], key="jobs_active_pick",
                            format_func=lambda i: next(f"{j.label} ({j.status.value})" for j in active if j.id == i))
         follow, cancel = a.columns(2)
-        if follow.button("Follow", key="jobs_follow", help="Show its progress in the sidebar and its first "
-                         "results on every page while it runs; its run opens when it is done."):
-            state.follow_job(pick)
-            st.rerun(scope="app")
+        follow.button("Follow", key="jobs_follow", on_click=state.follow_job, args=(pick,),  # counts if it ends first
+                      help="Show its progress in the sidebar and its first results on every page while it runs; "
+                      "its run opens when it is done.")
         if cancel.button("Cancel", key="jobs_cancel"):
             queue.cancel(pick)
             st.rerun()

@@ -208,14 +208,14 @@ def offer_runs() -> bool:
     active = [j for j in job_queue(str(store().root)).jobs() if j.status.active]
     if active:
         st.info(plain(views.job_line(active[0], others=len(active) - 1)), icon=":material/pending_actions:")
-        if st.button("Open its first results" if active[0].first_run_id else "Follow it", key="follow_active"):
-            follow_job(active[0].id)
-            st.rerun(scope="app")
+        # callbacks: the click counts even when the job has finished before it arrives (the rerun it starts
+        # no longer draws the offer; seen in a Chromium trial of the demo)
+        st.button("Open its first results" if active[0].first_run_id else "Follow it", key="follow_active",
+                  on_click=follow_job, args=(active[0].id,))
     if runs := all_runs():
         newest = views.run_label(runs[0].record, run_names().get(runs[0].run_id))
-        if st.button(f"Open the newest finished run: {plain(newest)}", key="open_newest"):
-            set_current(runs[0].run_id)
-            st.rerun(scope="app")
+        st.button(f"Open the newest finished run: {plain(newest)}", key="open_newest", on_click=set_current,
+                  args=(runs[0].run_id,))
     return any(j.id == job_id(ex.DEFAULT_CONFIG) for j in active)
 
 
