@@ -7,7 +7,8 @@ model's phi is scored by their likelihood ratio (online) or against the OUT Gaus
 per-example or a global (fixed) variance. The shadows train stacked: one `torch.func.functional_call`
 under `vmap` runs every model's batch in one call, and one Adam steps them all (a plain MLP on the CPU runs as
 batched matrix products, `models.stacked_forward`, with autograd's gradients computed without its engine,
-`models.stacked_gradients`: the same bits). With `training="fast"` that
+`models.stacked_gradients`, in mixed precision on weights stored in their gradients' layout,
+`models.in_features_major`: the same bits). With `training="fast"` that
 Adam is fused, and on the CPU convolutional models train one at a time in channels-last memory instead
 (vmap turns a stack of convolutions into grouped convolutions, slower there than one model's); "mixed" adds
 bfloat16 forward and backward passes where the device computes them natively (weights, optimiser state and
@@ -29,7 +30,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
 from .config import SHADOW_TRAINING
-from .models import is_convolutional, logits_in_rows, stacked_forward, stacked_gradients
+from .models import in_features_major, is_convolutional, logits_in_rows, stacked_forward, stacked_gradients
 from .probabilities import precise_log_softmax
 from .training import make_optimizer
 from .store import atomic_folder, config_hash, discard_damaged, folder_problem
@@ -102,7 +103,10 @@ def train_shadow_chunk(
     stacked = stacked_forward(models[0]) if x.device.type == "cpu" else None  # same bits as vmap, less overhead
     gradients = stacked_gradients(models[0]) if stacked else None  # autograd's gradients, without its engine
     batched = stacked or vmap(run, randomness="different")
-    opt = make_optimizer(optimizer, params.values(), lr=lr, weight_decay=weight_decay, fused=fused)
+    # what the optimiser updates: under mixed, the weights in their gradients' own layout (same bits, fewer copies)
+    leaves, transposed = in_features_major(params, mixed) if gradients is not None else (params, set())
+    params = {name: leaf.transpose(1, 2) if name in transposed else leaf for name, leaf in leaves.items()}
+    opt = make_optimizer(optimizer, leaves.values(), lr=lr, weight_decay=weight_decay, fused=fused)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     n_models, per_model = subsets.shape
     for _ in range(epochs):
@@ -112,7 +116,7 @@ def train_shadow_chunk(
             idx = shuffled[:, s : s + batch_size]
             if gradients is not None:
                 for name, grad in gradients(params, buffers, x[idx], y[idx], n_models, mixed).items():
-                    params[name].grad = grad
+                    leaves[name].grad = grad.transpose(1, 2) if name in transposed else grad
             else:
                 with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=mixed):
                     logits = batched(params, buffers, x[idx])
@@ -121,6 +125,7 @@ def train_shadow_chunk(
                 loss.backward()
             opt.step()
     with torch.no_grad():
+        params = {name: p.contiguous() for name, p in params.items()}  # float32 products: the layout they trained in
         for m in models:
             m.eval()
         base.eval()

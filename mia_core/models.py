@@ -281,6 +281,22 @@ def stacked_gradients(model: nn.Module) -> StackedGradients | None:
     return gradients
 
 
+def in_features_major(params: dict, mixed: bool) -> tuple[dict, set[str]]:
+    """The stacked parameters as `stacked_gradients` trains them fastest: (leaves, transposed). Under `mixed`
+    each weight [M, out, in] becomes a contiguous [M, in, out] leaf, the layout of its gradient's product
+    (inputs^T @ output gradient), so that gradient is cast to float32 in memory order, not transposed (the
+    transposing cast took a tenth of a digits MLP shadow step), and Adam updates contiguous tensors (its CPU fused
+    kernel copies any other layout in and out). `transposed` names those weights: the model reads
+    leaf.transpose(1, 2). bfloat16 products read a weight in either layout to the same bits
+    (tests/test_attacks_sota.py); float32 ones do not always (a 256x10 product rounds differently), so in
+    float32 nothing moves."""
+    if not mixed:
+        return params, set()
+    transposed = {name for name, p in params.items() if name.endswith(".weight") and p.ndim == 3}
+    return {name: p.detach().transpose(1, 2).contiguous().requires_grad_(p.requires_grad) if name in transposed
+            else p for name, p in params.items()}, transposed
+
+
 def pool_before_relu(model: nn.Module) -> None:
     """Swap each ReLU directly followed by a max-pooling layer in `model`'s sequential chains, in place.
     Max-pooling and the ReLU commute, values and gradients alike: max(relu(a), relu(b)) is relu(max(a, b))

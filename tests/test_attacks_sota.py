@@ -13,7 +13,7 @@ from mia_core.distances import minimal_perturbation
 from mia_core.experiment import ExperimentConfig, run_experiment
 from mia_core.label_only import label_only_distance
 from mia_core.lira import lira_scores, phi_from_log_probs, shadow_key, shadow_set
-from mia_core.models import Classifier, build_model, stacked_forward, stacked_gradients
+from mia_core.models import Classifier, build_model, in_features_major, stacked_forward, stacked_gradients
 from mia_core.thresholds import balanced_threshold, class_thresholds
 
 OVERFIT = ExperimentConfig(members=200, epochs=60, bootstrap_rounds=0, reference_scored=200)
@@ -210,6 +210,16 @@ def test_stacked_gradients_are_autograds_to_the_bit_in_the_weights_layout(mixed,
         assert torch.equal(grads[name], p.grad), name
         assert p.grad.abs().sum() > 0
     assert stacked_gradients(build_model("cnn", digits.input_shape, 10)) is None
+    # the layout the shadows train in: under mixed, contiguous [M, in, out] weights read through their transposes;
+    # the gradients come out in that layout (contiguous once transposed back) with the same bits
+    leaves, transposed = in_features_major(params, mixed)
+    assert transposed == ({n for n in params if n.endswith(".weight")} if mixed else set())
+    views = {n: leaf.transpose(1, 2) if n in transposed else leaf for n, leaf in leaves.items()}
+    again = stacked_gradients(models[0])(views, buffers, x, y, 3, mixed)
+    for name, p in params.items():
+        assert torch.equal(views[name], p.detach()) and leaves[name].is_contiguous()
+        g = again[name].transpose(1, 2) if name in transposed else again[name]
+        assert g.is_contiguous() and torch.equal(again[name], p.grad), name
 
 
 def test_the_shadow_training_is_part_of_the_shadows_key_except_for_core_0_4s():
