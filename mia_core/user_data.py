@@ -37,6 +37,7 @@ class UserData:
     ids: np.ndarray  # [N] str
     members: np.ndarray | None  # [N] bool, or None when membership comes from elsewhere
     source: str  # what was read, for the run's record
+    folder: str | None = None  # an image folder's name: its images' ids may also start with it (a path in the .zip)
 
     def with_bounds(self, bounds: tuple[float, float]) -> "UserData":
         """The same data mapped linearly from [0, 1] into the box the user's model expects (e.g. 0..255)."""
@@ -201,7 +202,7 @@ def read_image_folder(path: str | Path) -> UserData:
     ds = Dataset(name=root.name, x=np.ascontiguousarray(x), y=y, num_classes=len(folder.classes),
                  class_names=tuple(folder.classes))
     return UserData(ds, ids, None, f"image folder {root.name} ({len(y)} images of {x.shape[1]}x{x.shape[2]}x"
-                                   f"{x.shape[3]}, {len(folder.classes)} classes)")
+                                   f"{x.shape[3]}, {len(folder.classes)} classes)", folder=root.name)
 
 
 def read_member_ids(path: str | Path) -> list[str]:
@@ -216,16 +217,32 @@ def read_member_ids(path: str | Path) -> list[str]:
     return [ln.split(",")[0].strip() for ln in lines if ln.strip()]
 
 
-def members_from_ids(data: UserData, member_ids: list[str]) -> np.ndarray:
-    """[N] bool: the rows whose id is in member_ids. Unknown ids are an error (a header line is forgiven)."""
+def members_from_ids(data: UserData, member_ids: list[str], what: str = "member ids") -> np.ndarray:
+    """[N] bool: the rows whose id is in member_ids. Unknown ids are an error (a header line is forgiven). An
+    image's id is its path below the class folders' parent ('cat/001.png'); the same path with the image folder's
+    name in front (its path inside a .zip of the folder), with backslashes or a leading './' names it too."""
     known = set(data.ids.tolist())
-    unknown = [i for i in member_ids if i not in known]
+    given = [_image_id(i, data.folder, known) for i in member_ids] if data.folder else list(member_ids)
+    unknown = [i for i, g in zip(member_ids, given) if g not in known]
     if unknown and unknown[0] == member_ids[0]:
         unknown = unknown[1:]  # a header line
     if unknown:
-        raise DatasetError(f"{len(unknown)} member ids are not in the data (e.g. {unknown[0]!r}); ids are "
-                           f"{'row numbers 0..' + str(len(data.ids) - 1) if data.ids[0] == '0' else 'the id column'}.")
-    return np.isin(data.ids, np.array(member_ids))
+        kind = ("row numbers 0.." + str(len(data.ids) - 1) if data.ids[0] == "0"
+                else "the images' paths inside the folder" if data.folder else "the id column's values")
+        count = f"{len(unknown)} of the {what} are" if len(unknown) > 1 else f"1 of the {what} is"
+        raise DatasetError(f"{count} not in the data (e.g. {unknown[0]!r}); ids are {kind}, like {str(data.ids[0])!r}.")
+    return np.isin(data.ids, np.array(given))
+
+
+def _image_id(given: str, folder: str, known: set[str]) -> str:
+    """An image's id as `read_image_folder` makes it, from a path a user may write: 'cat/001.png',
+    'pets/cat/001.png' (the folder's name in front), 'pets\\cat\\001.png', './cat/001.png'."""
+    path = given.strip().replace("\\", "/")
+    while path.startswith("./"):
+        path = path[2:]
+    if path not in known and path.startswith(folder + "/"):
+        path = path[len(folder) + 1 :]
+    return path
 
 
 MIN_GROUP = 10
@@ -293,7 +310,7 @@ def prepare_user_data(data: UserData, *, member_ids: list[str] | None = None, re
     else:
         raise DatasetError("Say who was in training: a membership column in the table, or a file of member ids "
                            "(one id per line: the id column's values, row numbers, or image paths).")
-    reference = members_from_ids(data, reference_ids) if reference_ids is not None else None
+    reference = members_from_ids(data, reference_ids, "reference ids") if reference_ids is not None else None
     split, how = membership_split(members, reference=reference, reference_share=reference_share, seed=seed)
     return PreparedData(data.dataset, split, data.source, how)
 

@@ -114,6 +114,40 @@ def test_an_image_folder_loads_and_mixed_sizes_are_refused(tmp_path):
         read_image_folder(_image_folder(tmp_path / "mixed", sizes=((8, 8), (9, 8))))
 
 
+def test_member_ids_of_a_zipped_image_folder_may_be_its_paths_inside_the_zip(tmp_path):
+    """The page asks for "an image's path inside the .zip": a zip of the folder itself holds 'pets/cat/00.png',
+    while an image's id is 'cat/00.png'. Both name it (and Windows' backslashes, a leading './'); an unknown id is
+    refused with what ids look like, for an image folder as for a table."""
+    import zipfile
+
+    from mia_core.user_data import read_upload
+
+    root = _image_folder(tmp_path / "pets")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for f in sorted(root.rglob("*.png")):
+            zf.write(f, f.relative_to(tmp_path).as_posix())
+    data = read_upload(buf.getvalue(), "pets.zip", tmp_path / "work")
+    assert data.ids[0] == "cat/00.png" and data.folder == "pets"
+    written = ["path", "pets/cat/00.png", "pets\\dog\\03.png", "./eel/07.png", "cat/11.png"]
+    for i in range(12, 22):
+        written.append(f"pets/dog/{i:02d}.png")
+    prepared = prepare_user_data(data, member_ids=written, reference_share=0.5)
+    chosen = set(data.ids[prepared.split.members])
+    assert chosen == {"cat/00.png", "dog/03.png", "eel/07.png", "cat/11.png", *(f"dog/{i:02d}.png" for i in range(12, 22))}
+    with pytest.raises(DatasetError, match=r"1 of the member ids is not in the data \(e.g. 'pets/cow/01.png'\); ids are "
+                                           r"the images' paths inside the folder, like 'cat/00.png'"):
+        prepare_user_data(data, member_ids=written + ["pets/cow/01.png"])
+    table = read_table(tmp_path / "t.csv", label_column="y", id_column="id") if (tmp_path / "t.csv").write_text(
+        "id,a,y\n" + "".join(f"r{i},{i},{i % 2}\n" for i in range(40))) else None
+    with pytest.raises(DatasetError, match=r"ids are the id column's values, like 'r0'"):
+        prepare_user_data(table, member_ids=["r1", "r2", "x9"])
+    # a class folder named as the folder itself keeps its own paths
+    same = read_image_folder(_image_folder(tmp_path / "cat"))
+    assert set(same.ids[prepare_user_data(same, member_ids=[f"cat/{i:02d}.png" for i in range(12)]).split.members]) \
+        == {f"cat/{i:02d}.png" for i in range(12)}
+
+
 class SmallConvNet(nn.Module):
     def __init__(self, num_classes=3):
         super().__init__()
