@@ -45,8 +45,25 @@ class LabelOnlyResult:
 CONV_ROWS_PER_CALL = 2048
 """Queries a convolutional network answers per forward pass. A probe round asks up to 256 samples x 128 probes
 at once; on a 28x28 CNN of width 256 that was ~6.6 GB for one activation (8.5 GB server memory seen), now
-bounded by this count (about 0.4 GB; on the CPU the search copy answers 128 of them at a time, models.RowChunks).
-Dense models answer a whole round in one pass, as before."""
+bounded by this count (about 0.4 GB; on the CPU the search copy answers 128 of them at a time, models.RowChunks),
+and by CONV_QUERY_BYTES of inputs a pass. Dense models answer a whole round in one pass, as before."""
+
+CONV_QUERY_BYTES = 64 * 2**20
+"""The most input a convolutional network is asked at once: 2,048 queries of up to 8,192 values (a 32x32 RGB image
+has 3,072), 111 of a 224x224 RGB image (2,048 of them would be 1.2 GB of probes before the network's activations)."""
+
+
+PROBE_ROUND_BYTES = 512 * 2**20
+"""The most a HopSkipJump batch's probe directions may take ([samples, probes, *shape] float32, at the round's
+largest probe count, 4x `probes`). 256 samples x 128 probes of a 32x32 RGB image take 402 MB and run as before; of
+a 224x224 RGB one they would take 19.7 GB, so such inputs are searched a few samples at a time (`probe_batch`)."""
+
+
+def probe_batch(shape: tuple[int, ...], probes: int, batch_size: int) -> int:
+    """Samples a HopSkipJump batch may hold so that its largest probe round fits PROBE_ROUND_BYTES: `batch_size`
+    for every input up to 32x32 RGB at the default probes, fewer for larger ones (at least one)."""
+    per_sample = 4 * probes * math.prod(shape) * 4
+    return max(1, min(batch_size, PROBE_ROUND_BYTES // max(per_sample, 1)))
 
 
 PROBE_DISTRIBUTIONS = ("low-frequency", "gaussian")
@@ -93,9 +110,10 @@ def probe_directions(n: int, k: int, shape: tuple[int, ...], gen: torch.Generato
 class _Oracle:
     """The model as a label-only oracle that counts queries per sample."""
 
-    def __init__(self, model: nn.Module, n: int, device):
+    def __init__(self, model: nn.Module, n: int, device, shape: tuple[int, ...]):
         self.model, self.count = model, torch.zeros(n, dtype=torch.long, device=device)
-        self.rows = CONV_ROWS_PER_CALL if is_convolutional(model) else None
+        size = 4 * math.prod(shape)
+        self.rows = max(1, min(CONV_ROWS_PER_CALL, CONV_QUERY_BYTES // size)) if is_convolutional(model) else None
 
     @torch.no_grad()
     def labels(self, x: torch.Tensor) -> torch.Tensor:
@@ -187,15 +205,17 @@ def label_only_distance(
     pool = None
     if start_pool is not None and len(start_pool):
         points = start_pool.to(device, torch.float32)
-        labels = _Oracle(oracle_model, 1, device).labels(points)
+        labels = _Oracle(oracle_model, 1, device, tuple(x.shape[1:])).labels(points)
         pool = (points, labels)
+    rays = math.isinf(norm) and linf_search == "rays"
+    batch_size = batch_size if rays else probe_batch(tuple(x.shape[1:]), probes, batch_size)
     for s in range(0, len(x), batch_size):
         xb = x[s : s + batch_size].to(device, torch.float32)
         yb = y_all[s : s + batch_size]
         done = s / max(len(x), 1)
         share = len(xb) / max(len(x), 1)
         report = None if progress is None else (lambda spent, done=done, share=share: progress(done + share * spent))
-        if math.isinf(norm) and linf_search == "rays":
+        if rays:
             r = _ray_search_batch(model, oracle_model, xb, yb, max_queries, search_steps or RAYS_SEARCH_STEPS,
                                   pool, report)
         else:
@@ -251,7 +271,7 @@ def _probe_verdicts(oracle, xa, delta, u, y, owner) -> torch.Tensor:
 def _search_batch(model, oracle_model, x, y, p, max_queries, probes, search_steps, gen, report=None, pool=None,
                   probe_distribution="gaussian"):
     n, dim = len(x), x[0].numel()
-    oracle = _Oracle(oracle_model, n, x.device)
+    oracle = _Oracle(oracle_model, n, x.device, tuple(x.shape[1:]))
     everyone = torch.arange(n, device=x.device)
     wrong = oracle.is_adversarial(x, y, everyone)
     # 1. a misclassified starting point: the boundary point between x and the nearest of the attacker's own
@@ -331,7 +351,7 @@ def _ray_search_batch(model, oracle_model, x, y, max_queries, search_steps, pool
     its radius is binary-searched below it. The start direction points at the nearest pool sample labelled
     otherwise when there is one."""
     n, dim = len(x), x[0].numel()
-    oracle = _Oracle(oracle_model, n, x.device)
+    oracle = _Oracle(oracle_model, n, x.device, tuple(x.shape[1:]))
     everyone = torch.arange(n, device=x.device)
     wrong = oracle.is_adversarial(x, y, everyone)
     flat = x.flatten(1)

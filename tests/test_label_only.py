@@ -10,7 +10,10 @@ import torch
 
 from mia_core.config import DEFAULT_CONFIG
 from mia_core.data import load_dataset
-from mia_core.label_only import label_only_distance, low_frequency_factor, probe_directions
+from mia_core.label_only import (
+    CONV_QUERY_BYTES, PROBE_ROUND_BYTES, _Oracle, label_only_distance, low_frequency_factor, probe_batch,
+    probe_directions,
+)
 from test_distances import affine_model, closed_form
 
 SEARCHES = [(2.0, "hopskipjump"), (math.inf, "hopskipjump"), (math.inf, "rays")]
@@ -183,3 +186,39 @@ def test_the_automatic_l2_budget_follows_the_probes_and_is_no_looser_than_gaussi
     ok = before.norms > 0
     assert np.median(now.norms[ok]) <= 1.02 * np.median(before.norms[ok])
     assert now.queries.mean() <= 0.6 * before.queries.mean()
+
+
+def test_large_images_are_searched_in_batches_their_probes_fit(monkeypatch):
+    """A probe round holds [samples, probes, *shape]: 256 samples x 128 probes of a 224x224 RGB image would be
+    19.7 GB (and a convolutional network's 2,048 queries a pass 1.2 GB of input). The batch and the queries a pass
+    shrink with the input until they fit; inputs up to 32x32 RGB keep 256 and 2,048, so no stored number moves.
+    The bounded search is the search run in those batches, and its points still flip the model at their norms."""
+    assert probe_batch((3, 32, 32), 32, 256) == 256 and probe_batch((1, 28, 28), 32, 256) == 256
+    assert probe_batch((3, 224, 224), 32, 256) == PROBE_ROUND_BYTES // (4 * 32 * 3 * 224 * 224 * 4) == 6
+    assert probe_batch((3, 4096, 4096), 32, 256) == 1
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten())
+    assert _Oracle(conv, 1, "cpu", (3, 32, 32)).rows == 2048
+    assert _Oracle(conv, 1, "cpu", (3, 224, 224)).rows == CONV_QUERY_BYTES // (3 * 224 * 224 * 4) == 111
+    assert _Oracle(affine_model(), 1, "cpu", (3, 224, 224)).rows is None  # a dense model: a round a pass
+
+    shape = (3, 96, 96)
+    model = affine_model(d=math.prod(shape), k=4)
+    gen = torch.Generator().manual_seed(3)
+    x = 0.5 + 0.2 * (torch.rand(40, *shape, generator=gen) - 0.5)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    # the same rule at a scale a test affords: room for 30 samples' probe rounds
+    monkeypatch.setattr("mia_core.label_only.PROBE_ROUND_BYTES", 30 * 4 * 8 * math.prod(shape) * 4)
+    bounded = probe_batch(shape, 8, 256)
+    assert bounded == 30  # 40 samples: a batch of 30 and one of 10
+    r = label_only_distance(model, x, y, norm=2.0, max_queries=80, probes=8)
+    assert r.success.all()
+    with torch.no_grad():
+        assert (model(r.x_adv).argmax(1) != y).all()
+    np.testing.assert_allclose(r.norms, (r.x_adv - x).double().flatten(1).norm(dim=1).numpy(), rtol=1e-12)
+    assert (r.norms >= closed_form(model, x, 2.0) * (1 - 1e-6)).all()
+    same = label_only_distance(model, x, y, norm=2.0, max_queries=80, probes=8, batch_size=bounded)
+    np.testing.assert_array_equal(r.norms, same.norms)
+    monkeypatch.setattr("mia_core.label_only.PROBE_ROUND_BYTES", 2**40)  # unbounded: one batch of 40, as before
+    whole = label_only_distance(model, x, y, norm=2.0, max_queries=80, probes=8)
+    assert not np.array_equal(r.norms, whole.norms)
