@@ -57,6 +57,16 @@ SEARCHES.register(SearchSpec("fmn", fmn_search,
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 
+SEARCH_BATCH_BYTES = 32 * 2**20
+"""The most one of a search batch's per-sample tensors may take (inputs, candidates, gradients, best points: a
+dozen are alive at once). 512 samples of up to 16,384 values (64x64 RGB) run as before; 224x224 RGB ones 55 at a
+time (512 of them would hold about 300 MB a tensor, several GB in all)."""
+
+
+def search_batch(shape: tuple[int, ...], batch_size: int) -> int:
+    """Samples a white-box search batch holds: `batch_size`, or fewer where SEARCH_BATCH_BYTES says so."""
+    return max(1, min(batch_size, SEARCH_BATCH_BYTES // max(4 * math.prod(shape), 1)))
+
 
 @dataclass(frozen=True)
 class Perturbation:
@@ -154,6 +164,7 @@ def _minimal_perturbation(model, x, norm, labels, method, search, steps, batch_s
             raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}.")
     fast = search_model(model, x)
     parts = []
+    batch_size = search_batch(tuple(x.shape[1:]), batch_size)
     for start in range(0, n, batch_size):
         xb = x[start : start + batch_size].to(device, torch.float32)
         logits = logits_in_rows(model, xb)
