@@ -382,8 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("--label-column", default=None, help="a table's class column")
     aud.add_argument("--membership-column", default=None, help="a table's column saying who was in training (1/0)")
     aud.add_argument("--id-column", default=None, help="a table's id column (member ids refer to it)")
-    aud.add_argument("--member-ids", default=None, metavar="FILE", help="member ids, one per line: a table's id-column values (or row numbers), an image's path below "
-                          "the folder ('cat/001.png', or with the folder's name in front), an .npz's row numbers")
+    aud.add_argument("--member-ids", default=None, metavar="FILE",
+                     help="member ids, one per line: a table's id-column values (or row numbers), an image's path "
+                          "below the folder ('cat/001.png', or with the folder's name in front), an .npz's row numbers")
     aud.add_argument("--reference-ids", default=None, metavar="FILE",
                      help="the attacker's reference pool, one id per line (default: a share of the non-members)")
     aud.add_argument("--reference-share", type=float, default=0.5, help="Default: %(default)s")

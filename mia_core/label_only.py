@@ -61,7 +61,8 @@ a 224x224 RGB one they would take 19.7 GB, so such inputs are searched a few sam
 
 def probe_batch(shape: tuple[int, ...], probes: int, batch_size: int) -> int:
     """Samples a HopSkipJump batch may hold so that its largest probe round fits PROBE_ROUND_BYTES: `batch_size`
-    for every input up to 32x32 RGB at the default probes, fewer for larger ones (at least one)."""
+    (256) for inputs of up to 4,096 values at the default 32 probes (32x32 RGB, 64x64 grey), fewer for larger ones
+    (at least one)."""
     per_sample = 4 * probes * math.prod(shape) * 4
     return max(1, min(batch_size, PROBE_ROUND_BYTES // max(per_sample, 1)))
 
