@@ -182,7 +182,9 @@ def _plain_mlp(model: nn.Module) -> tuple[list[tuple[str, str | None]], set[str]
             layers.append(("relu", None))
         elif not (kind is nn.Identity or (kind is nn.Dropout and layer.p == 0)):
             return None
-    return layers, {key for kind, key in layers if kind == "linear" and getattr(model.body, key.removeprefix("body.")).bias is not None}
+    biased = {key for kind, key in layers
+              if kind == "linear" and getattr(model.body, key.removeprefix("body.")).bias is not None}
+    return layers, biased
 
 
 def stacked_forward(model: nn.Module) -> Callable[[dict, dict, torch.Tensor], torch.Tensor] | None:

@@ -119,8 +119,8 @@ def minimal_perturbation(
 
     Relative to the model's own prediction unless `labels` is given; then a misclassified sample has
     distance 0 (x_adv = x). `method` names a search in SEARCHES. Runs on the model's device in batches of
-    `batch_size` (memory stays bounded), pulls each found point back to the boundary (`boundary_bisection`)
-    and verifies it with the caller's model (`refine.verified`).
+    `batch_size`, fewer for large inputs (`search_batch`: memory stays bounded), pulls each found point back to
+    the boundary (`boundary_bisection`) and verifies it with the caller's model (`refine.verified`).
     `precision` sets the search arithmetic ('fp32', 'tf32' or 'bf16'; TF32 and bf16 only speed up GPUs);
     the bisection and the verification always run in strict fp32.
     Inputs must lie in `bounds` ((low, high), the same for every coordinate; [0, 1] by default). Other boxes are
@@ -134,6 +134,7 @@ def minimal_perturbation(
     search = SEARCHES.get(method).search
     box = Box.of(bounds)
     box.check(x)
+    batch_size = search_batch(tuple(x.shape[1:]), batch_size)  # the search's batches and their re-verification
     with strict_float32():
         if box.is_unit:
             return _minimal_perturbation(model, x, norm, labels, method, search, steps, batch_size, refine_steps,
@@ -164,7 +165,6 @@ def _minimal_perturbation(model, x, norm, labels, method, search, steps, batch_s
             raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}.")
     fast = search_model(model, x)
     parts = []
-    batch_size = search_batch(tuple(x.shape[1:]), batch_size)
     for start in range(0, n, batch_size):
         xb = x[start : start + batch_size].to(device, torch.float32)
         logits = logits_in_rows(model, xb)
