@@ -6,7 +6,8 @@ from dashboard import state
 from dashboard.forms import field_input
 from mia_core import views
 from mia_core.config import ExperimentConfig
-from mia_core.user_audit import audit_upload
+from mia_core.jobs import Status
+from mia_core.user_audit import prepare_upload
 from mia_core.user_data import likely_id_column, likely_label_column, upload_columns
 from mia_core.user_models import max_upload_bytes
 
@@ -19,7 +20,8 @@ st.caption(
     "same audit as a run trained here. The ONNX file is parsed as a protocol buffer, never unpickled, converted to "
     "torch with onnx2torch and refused unless it agrees with ONNX Runtime on your data. Reference-model attacks "
     "(LiRA, RMIA) need your architecture's code: use `mia-core audit --model-factory` or `mia_core.audit(...)` "
-    f"for them. Uploads up to {max_upload_bytes() / 2**20:.0f} MB; nothing is kept unless the audit succeeds.")
+    f"for them. Uploads up to {max_upload_bytes() / 2**20:.0f} MB. The audit runs in the background: leaving the page "
+    "does not stop it, and your files are deleted from the job when it ends (a finished audit keeps its own copy).")
 
 c1, c2 = st.columns(2)
 data = c1.file_uploader("your data: a table (.csv, .parquet), a .zip of an image folder (one sub-folder per class), "
@@ -65,14 +67,30 @@ if st.button("Audit", type="primary", key="audit_run", disabled=data is None or 
     try:
         member_ids = (ids_file.getvalue().decode("utf-8", errors="replace").split() if ids_file is not None else None)
         config = ExperimentConfig(distance_method=method, **cost)
-        run = state.with_progress("Auditing your model", lambda progress: audit_upload(
-            data.getvalue(), data.name, model.getvalue(), model.name, label_column=label_column,
-            membership_column=None if membership_column in (None, NONE) else membership_column,
-            id_column=None if id_column in (None, NONE) else id_column, member_ids=member_ids,
-            bounds=(float(low), float(high)), reference_share=share, config=config, store=state.store(),
-            progress=progress))
-        st.success(f"Audited on {run.record.n_members} members and {run.record.n_nonmembers} non-members: open "
-                   "**Overview**, **Distances** or **Attacks**.")
-        st.caption(state.plain(views.audit_note(run.record)))
+        config.validate()
+        with st.spinner("Reading your files and checking the model on them…"):
+            upload = prepare_upload(
+                data.getvalue(), data.name, model.getvalue(), model.name, label_column=label_column,
+                membership_column=None if membership_column in (None, NONE) else membership_column,
+                id_column=None if id_column in (None, NONE) else id_column, member_ids=member_ids,
+                bounds=(float(low), float(high)), reference_share=share, seed=config.seed)
+        state.submit_audit(upload, config, f"audit of {model.name} on {data.name}")
+        st.rerun()
     except state.RUN_ERRORS as err:
         state.show_error(err)
+
+job = state.followed_job()
+if job is not None and job.audit is not None and job.status.active:
+    st.info(f"Auditing {state.plain(job.audit.model_name)} in the background (progress in the sidebar). Leaving or "
+            "closing this page loses nothing: the audit goes on, is listed on the Jobs page, and opens here when "
+            "it is done.", icon=":material/hourglass_top:")
+elif job is not None and job.audit is not None and job.status in (Status.FAILED, Status.CANCELLED):
+    st.error(f"The audit of {state.plain(job.audit.model_name)} stopped: {state.plain(job.error or job.status.value)}")
+elif audits := [j for j in state.job_queue(str(state.store().root)).jobs() if j.audit and j.status.active]:
+    st.info(state.plain(views.job_line(audits[0], others=len(audits) - 1)), icon=":material/pending_actions:")
+    st.button("Follow it", key="audit_follow", on_click=state.follow_job, args=(audits[0].id,))
+run = state.current_run()
+if run is not None and run.record.audit is not None:
+    st.success(f"{state.plain(run.record.audit.model)}: audited on {run.record.n_members} members and "
+               f"{run.record.n_nonmembers} non-members. Open **Overview**, **Distances** or **Attacks**.")
+    st.caption(state.plain(views.audit_note(run.record)))

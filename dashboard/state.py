@@ -105,21 +105,6 @@ def run_with_progress(config: ExperimentConfig, label: str = "Running the experi
     return result
 
 
-def with_progress(label: str, work) -> ex.RunResult:
-    """Run `work(progress)` (an audit) with a live status box and progress bar, and make its run current."""
-    with st.status(label, expanded=True) as status:
-        bar = st.progress(0.0, text="starting")
-        try:
-            result = work(lambda stage, frac: bar.progress(min(max(frac, 0.0), 1.0), text=stage))
-        except BaseException:
-            status.update(label=f"{label}: stopped", state="error", expanded=False)
-            raise
-        status.update(label=f"{label}: done" + (" (reused from the store)" if result.reused else ""),
-                      state="complete", expanded=False)
-    set_current(result.run_id)
-    return result
-
-
 @st.cache_resource(show_spinner=False)
 def job_queue(root: str) -> JobQueue:
     """The server's job queue for a store: one per process, shared by every session."""
@@ -140,6 +125,14 @@ def submit(config: ExperimentConfig, label: str, *, follow: bool = True) -> Job 
     job = job_queue(str(store().root)).submit(config, label=label, estimate=guess)
     if follow:
         follow_job(job.id)
+    return job
+
+
+def submit_audit(upload, config: ExperimentConfig, label: str) -> Job:
+    """Start the audit of a checked upload (`user_audit.PreparedUpload`) in the background, and follow it: the
+    sidebar shows its progress, and its run becomes the current one when it is done."""
+    job = job_queue(str(store().root)).submit_audit(upload, config, label=label)
+    follow_job(job.id)
     return job
 
 

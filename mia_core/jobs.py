@@ -1,10 +1,14 @@
-"""Background jobs: experiments that run outside the page (or the shell) that asked for them.
+"""Background jobs: experiments and audits of uploaded models that run outside the page (or the shell) that
+asked for them.
 
-A job is one configuration to run (`run_experiment`), kept in the store under `jobs/<job id>/`:
-`request.json` (the config, a label, when it was submitted; written once), `status.json` (written only by the
-process doing the work: status, stage, fraction, times, error, run id, pid), `attached` (one line per request that
-joined the job instead of starting it again) and `cancel` (a flag). The job id is the hash of the configuration's
-result-deciding fields, so identical requests, from any browser session or the CLI, attach to one computation.
+A job is one configuration to run (`run_experiment`), or an uploaded model's audit (`AuditRequest`, its checked
+data, split and ONNX file in the job's `inputs/`), kept in the store under `jobs/<job id>/`: `request.json` (the
+config, a label, when it was submitted; written once), `status.json` (written only by the process doing the
+work: status, stage, fraction, times, error, run id, pid), `attached` (one line per request that joined the job
+instead of starting it again) and `cancel` (a flag). The job id is the hash of the configuration's
+result-deciding fields (and of the audit's inputs), so identical requests, from any browser session or the CLI,
+attach to one computation. An audit's inputs are removed when its job ends, however it ends: the finished run
+keeps its own copy, and a user's data is not left behind by a failed one.
 
 `JobQueue` (one per server process; the app keeps it in `st.cache_resource`) starts queued jobs, each in a fresh
 Python process of its own session (`python -m mia_core.jobs STORE JOB`: nothing of the server's state, such as
@@ -26,14 +30,19 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
 
 from .config import ExperimentConfig, Stage
 from .store import (
-    Store, StoreError, config_hash, discard_folder, read_json, remove_stale_temporaries, write_json,
+    Store, StoreError, atomic_folder, config_hash, discard_folder, read_json, remove_stale_temporaries, write_json,
 )
+
+if TYPE_CHECKING:
+    from .user_audit import PreparedUpload
 
 JOBS = "jobs"
 
@@ -48,6 +57,20 @@ class Status(str, enum.Enum):
     @property
     def active(self) -> bool:
         return self in (Status.QUEUED, Status.RUNNING)
+
+
+@dataclass(frozen=True)
+class AuditRequest:
+    """What an audit job needs besides its evaluation config and its inputs (the checked data, split and ONNX
+    file): the names the run is labelled with."""
+
+    model_name: str  # the uploaded file's name
+    data_label: str  # what was read, as the run's audit record says it
+    reference: str  # how the reference pool was chosen
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "AuditRequest":
+        return cls(str(values["model_name"]), str(values["data_label"]), str(values["reference"]))
 
 
 @dataclass(frozen=True)
@@ -70,6 +93,7 @@ class Job:
     pid: int | None = None
     estimate: float | None = None  # seconds, from the most similar stored run, if any
     attached: int = 0  # requests that joined this job instead of computing again
+    audit: AuditRequest | None = None  # an uploaded model's audit (else an experiment of `config`)
 
     @property
     def elapsed(self) -> float:
@@ -92,6 +116,15 @@ def job_id(config: ExperimentConfig) -> str:
     """The id of the job that computes `config`: every field but the runtime ones (device, data folder)."""
     fields = ExperimentConfig.stage_fields(Stage.DATA, Stage.TRAINING, Stage.EVALUATION)
     return config_hash({k: getattr(config, k) for k in fields})
+
+
+def audit_job_id(prepared: "PreparedUpload", config: ExperimentConfig) -> str:
+    """The id of the job that audits `prepared` (its data, split and model file) with `config`'s evaluation."""
+    split = prepared.data.split
+    return "audit-" + config_hash({
+        "config": job_id(config), "data": prepared.data.dataset.fingerprint(), "model": prepared.model.digest,
+        "members": config_hash({k: v.tolist() for k, v in split.to_arrays().items()}),
+        "request": asdict(prepared.request)})
 
 
 def _alive(pid: int | None) -> bool:
@@ -126,13 +159,33 @@ class JobFiles:
     def status(self) -> Path:
         return self.folder / "status.json"
 
-    def create(self, config: ExperimentConfig, label: str, estimate: float | None) -> None:
-        """Write a new job's request, replacing the state of an earlier job with this id."""
+    @property
+    def inputs(self) -> Path:
+        """An audit job's checked inputs: data.npz, split.npz, model.onnx."""
+        return self.folder / "inputs"
+
+    def create(self, config: ExperimentConfig, label: str, estimate: float | None, *,
+               audit: "PreparedUpload | None" = None) -> None:
+        """Write a new job's request (and an audit's inputs first, atomically), replacing the state of an
+        earlier job with this id."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        for stale in ("status.json", "cancel", "attached"):
+        for stale in ("request.json", "status.json", "cancel", "attached"):
             (self.folder / stale).unlink(missing_ok=True)
+        self.discard_inputs()
+        if audit is not None:
+            from .data import save_dataset
+
+            with atomic_folder(self.inputs) as tmp:
+                save_dataset(audit.data.dataset, tmp / "data.npz")
+                np.savez(tmp / "split.npz", **audit.data.split.to_arrays())
+                (tmp / "model.onnx").write_bytes(audit.model.data)
         write_json(self.request, {"config": config.to_dict(), "label": label, "submitted": time.time(),
-                                  "estimate": estimate})
+                                  "estimate": estimate} | ({"audit": asdict(audit.request)} if audit else {}))
+
+    def discard_inputs(self) -> None:
+        """Remove an audit's inputs (its run keeps its own copy)."""
+        if self.inputs.is_dir():
+            shutil.rmtree(self.inputs, ignore_errors=True)
 
     def attach(self) -> None:
         """Count one more request that joined this job instead of computing again."""
@@ -155,7 +208,8 @@ class JobFiles:
                    fraction=float(st.get("fraction", 0.0)), started=st.get("started"), updated=st.get("updated"),
                    finished=st.get("finished"), error=st.get("error"), run_id=st.get("run_id"),
                    first_run_id=st.get("first_run_id"), pid=st.get("pid"),
-                   estimate=req.get("estimate"), attached=attached)
+                   estimate=req.get("estimate"), attached=attached,
+                   audit=AuditRequest.from_dict(req["audit"]) if req.get("audit") else None)
 
 
 class ProgressWriter:
@@ -190,8 +244,8 @@ def _work(store_root: str, jid: str) -> None:
 
 def run_job(job: Job, store: Store, files: JobFiles, echo: Callable[[str, float], None] | None = None,
             first_results: Callable[[str], None] | None = None):
-    """Run a job's experiment in this process, record how it ended, and return the RunResult (an error is
-    recorded, then raised again). The first results' run id is recorded as soon as they are stored."""
+    """Run a job's experiment (or audit) in this process, record how it ended, and return the RunResult (an
+    error is recorded, then raised again). The first results' run id is recorded as soon as they are stored."""
     from .experiment import run_experiment
 
     def ended(**values) -> None:
@@ -207,8 +261,14 @@ def run_job(job: Job, store: Store, files: JobFiles, echo: Callable[[str, float]
             first_results(run_id)
 
     try:
-        result = run_experiment(job.config, store=store, progress=ProgressWriter(files, echo=echo),
-                                first_results=first)
+        if job.audit is not None:
+            from .user_audit import audit_job_inputs
+
+            result = audit_job_inputs(files.inputs, job.audit, job.config, store=store,
+                                      progress=ProgressWriter(files, echo=echo))
+        else:
+            result = run_experiment(job.config, store=store, progress=ProgressWriter(files, echo=echo),
+                                    first_results=first)
     except KeyboardInterrupt:
         ended(status=Status.CANCELLED.value, stage="cancelled")
         discard_first_results(store, shown[-1] if shown else None)
@@ -218,6 +278,8 @@ def run_job(job: Job, store: Store, files: JobFiles, echo: Callable[[str, float]
         ended(status=Status.FAILED.value, error=f"{err}" if isinstance(err, (ValueError, OSError))
               else f"{type(err).__name__}: {err}")
         raise
+    finally:
+        files.discard_inputs()
     ended(status=Status.DONE.value, fraction=1.0, stage="done", run_id=result.run_id)
     return result
 
@@ -262,6 +324,7 @@ class JobQueue:
                 status=Status.FAILED.value, finished=time.time(),
                 error="the worker stopped before finishing (killed, or out of memory); submit it again to resume "
                       "from the stages already stored")
+            JobFiles(self.root, job.id).discard_inputs()
             discard_first_results(Store(self.root), job.first_run_id)
             return JobFiles(self.root, job.id).read() or job
         return job
@@ -271,14 +334,24 @@ class JobQueue:
     def submit(self, config: ExperimentConfig, *, label: str = "", estimate: float | None = None) -> Job:
         """Queue `config` (validated first), or attach to the queued or running job that computes it."""
         config.validate()
-        jid = job_id(config)
+        return self._submit(job_id(config), config, label, estimate, None)
+
+    def submit_audit(self, prepared: "PreparedUpload", config: ExperimentConfig, *, label: str = "",
+                     estimate: float | None = None) -> Job:
+        """Queue the audit of an upload that `user_audit.prepare_upload` read and checked (its inputs are
+        written into the job's folder), or attach to the queued or running job that computes it."""
+        config.validate()
+        return self._submit(audit_job_id(prepared, config), config, label, estimate, prepared)
+
+    def _submit(self, jid: str, config: ExperimentConfig, label: str, estimate: float | None,
+                audit: "PreparedUpload | None") -> Job:
         files = JobFiles(self.root, jid)
         with self._lock:
             current = self.get(jid)
             if current is not None and current.status.active:
                 files.attach()
                 return self.get(jid)
-            files.create(config, label, estimate)
+            files.create(config, label, estimate, audit=audit)
             self._start_queued()
         self._ensure_watcher()
         return self.get(jid)
@@ -358,6 +431,7 @@ class JobQueue:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     p.wait(1)
         files.write_status(status=Status.CANCELLED.value, finished=time.time(), stage="cancelled")
+        files.discard_inputs()
         discard_first_results(Store(self.root), (self.get(jid) or job).first_run_id)
         if not any(j.status is Status.RUNNING for j in self.jobs()):
             remove_stale_temporaries(self.root, older_than_s=-1.0)  # every leftover: no other writer is at work

@@ -26,11 +26,12 @@ from .config import AUDIT_DATA, AUDIT_MODEL, ExperimentConfig
 from .data import Dataset, DatasetError, Split, read_saved_dataset, save_dataset
 from .evaluation import EvaluationInputs, evaluate
 from .experiment import Progress, RunResult, _assemble
+from .jobs import AuditRequest
 from .models import pick_device
 from .records import AuditInfo, TrainingRecord
 from .store import Store, atomic_folder, config_hash, discard_folder, folder_problem, read_json, write_json
 from .training import accuracy, save_checkpoint
-from .user_data import MIN_GROUP
+from .user_data import MIN_GROUP, PreparedData
 from .user_models import ModelError, OnnxModel, build_from_factory, check_classifier, load_onnx, state_digest
 
 @dataclass(frozen=True)
@@ -154,13 +155,15 @@ def audit(model: nn.Module, members, nonmembers, reference=None, *, bounds=(0.0,
                           progress=progress, device=device, short_name=name)
 
 
-def audit_onnx(source: bytes | str | Path, ds: Dataset, split: Split, reference_how: str, *, data_label: str,
+def audit_onnx(source: bytes | str | Path | OnnxModel, ds: Dataset, split: Split, reference_how: str, *, data_label: str,
                file_name: str = "model.onnx", config: ExperimentConfig | None = None,
                store: Store | str | Path | None = None, progress: Progress | None = None, seed: int = 0,
                device: str = "auto") -> RunResult:
     """Audit an ONNX model: converted and checked against ONNX Runtime on the data (`user_models.load_onnx`),
-    then audited like any model; the file is kept with the run so the dashboard can reopen it."""
-    onnx_model = load_onnx(source, ds.x[split.members[:8]], num_classes=ds.num_classes)
+    then audited like any model (an `OnnxModel` already checked on this data is used as it is); the file is kept
+    with the run so the dashboard can reopen it."""
+    onnx_model = (source if isinstance(source, OnnxModel)
+                  else load_onnx(source, ds.x[split.members[:8]], num_classes=ds.num_classes))
     return audit_prepared(onnx_model.module, ds, split, reference_how, model_label=f"{file_name} (ONNX)",
                           model_kind="onnx", model_digest=onnx_model.digest, data_label=data_label,
                           onnx_model=onnx_model, seed=seed, config=config, store=store, progress=progress,
@@ -279,24 +282,67 @@ def reopen_audit(run_dir: Path, device) -> tuple[Dataset, Split, nn.Module | Non
     return ds, split, model
 
 
-def audit_upload(data: bytes, data_name: str, model: bytes, model_name: str, *, label_column: str | None = None,
-                 membership_column: str | None = None, id_column: str | None = None,
-                 member_ids: list[str] | None = None, bounds: tuple[float, float] | None = None,
-                 reference_share: float = 0.5, config: ExperimentConfig | None = None,
-                 store: Store | str | Path | None = None, progress: Progress | None = None) -> RunResult:
-    """The app's audit: uploaded data (table, zip of an image folder, npz) and an uploaded ONNX model, read in a
-    private temporary folder that is removed afterwards; nothing is stored unless the audit succeeds."""
+@dataclass(frozen=True, eq=False)
+class PreparedUpload:
+    """Uploaded files read and checked, ready to audit (here or as a background job): the data with its split,
+    and the ONNX model converted and agreeing with ONNX Runtime on the data."""
+
+    data: PreparedData
+    model: OnnxModel
+    request: AuditRequest
+
+
+def prepare_upload(data: bytes, data_name: str, model: bytes, model_name: str, *, label_column: str | None = None,
+                   membership_column: str | None = None, id_column: str | None = None,
+                   member_ids: list[str] | None = None, bounds: tuple[float, float] | None = None,
+                   reference_share: float = 0.5, seed: int = 0) -> PreparedUpload:
+    """Read uploaded data (table, zip of an image folder, npz) in a private temporary folder that is removed
+    afterwards, split it by the membership it names, and check the ONNX model on it: every error a user can fix
+    is raised here, before any audit starts."""
     import tempfile
 
     from .user_data import prepare_user_data, read_upload
 
-    cfg = config or ExperimentConfig()
     with tempfile.TemporaryDirectory(prefix="mia-upload-") as work:
         user = read_upload(data, data_name, work, label_column=label_column or None, id_column=id_column or None,
                            membership_column=membership_column or None)
     if bounds is not None and tuple(bounds) != (0.0, 1.0):
         user = user.with_bounds(bounds)
-    prepared = prepare_user_data(user, member_ids=member_ids, reference_share=reference_share, seed=cfg.seed)
-    return audit_onnx(model, prepared.dataset, prepared.split, prepared.reference, data_label=prepared.source,
-                      file_name=model_name, config=cfg, store=store, progress=progress, seed=cfg.seed,
-                      device=cfg.device)
+    prepared = prepare_user_data(user, member_ids=member_ids, reference_share=reference_share, seed=seed)
+    ds, split = prepared.dataset, prepared.split
+    onnx_model = load_onnx(model, ds.x[split.members[:8]], num_classes=ds.num_classes)
+    return PreparedUpload(prepared, onnx_model, AuditRequest(model_name, prepared.source, prepared.reference))
+
+
+def audit_prepared_upload(upload: PreparedUpload, config: ExperimentConfig | None = None, *,
+                          store: Store | str | Path | None = None, progress: Progress | None = None) -> RunResult:
+    """Audit a checked upload with `config`'s evaluation settings (its seed and device too)."""
+    cfg = config or ExperimentConfig()
+    return audit_onnx(upload.model, upload.data.dataset, upload.data.split, upload.request.reference,
+                      data_label=upload.request.data_label, file_name=upload.request.model_name, config=cfg,
+                      store=store, progress=progress, seed=cfg.seed, device=cfg.device)
+
+
+def audit_job_inputs(folder: Path, request: AuditRequest, config: ExperimentConfig, *,
+                     store: Store | str | Path | None = None, progress: Progress | None = None) -> RunResult:
+    """An audit job's work: its inputs (written by `JobFiles.create` from a checked upload) audited."""
+    ds = read_saved_dataset(folder / "data.npz")
+    with np.load(folder / "split.npz", allow_pickle=False) as z:
+        split = Split(members=z["members"], nonmembers=z["nonmembers"], reference=z["reference"])
+    onnx_model = load_onnx(folder / "model.onnx", ds.x[split.members[:8]], num_classes=ds.num_classes)
+    upload = PreparedUpload(PreparedData(ds, split, request.data_label, request.reference), onnx_model, request)
+    return audit_prepared_upload(upload, config, store=store, progress=progress)
+
+
+def audit_upload(data: bytes, data_name: str, model: bytes, model_name: str, *, label_column: str | None = None,
+                 membership_column: str | None = None, id_column: str | None = None,
+                 member_ids: list[str] | None = None, bounds: tuple[float, float] | None = None,
+                 reference_share: float = 0.5, config: ExperimentConfig | None = None,
+                 store: Store | str | Path | None = None, progress: Progress | None = None) -> RunResult:
+    """Audit uploaded data and an uploaded ONNX model in this process (`prepare_upload`, then the audit);
+    nothing is stored unless the files are read and checked."""
+    cfg = config or ExperimentConfig()
+    upload = prepare_upload(data, data_name, model, model_name, label_column=label_column,
+                            membership_column=membership_column, id_column=id_column, member_ids=member_ids,
+                            bounds=bounds, reference_share=reference_share, seed=cfg.seed)
+    return audit_prepared_upload(upload, cfg, store=store, progress=progress)

@@ -446,6 +446,7 @@ def job_line(job: Job, others: int = 0) -> str:
              if job.status is Status.RUNNING else "queued, waiting for a free worker")
     text = f"Being computed on this server: {what} ({where})."
     text += (" Its first results are ready to open." if job.first_run_id
+             else " Follow it to open its run when it is done." if job.audit is not None  # no first results
              else " Follow it to see its first results here as soon as they are stored.")
     if others:
         text += f" {others} more job{'s are' if others > 1 else ' is'} active (Jobs page)."

@@ -175,3 +175,100 @@ def test_the_app_refuses_a_job_over_the_servers_limits(tmp_path, monkeypatch):
     assert any("members 200 is over this server's limit of 150 (MIA_MAX_MEMBERS)" in e.value.replace("\\", "")
                for e in at.error), [e.value for e in at.error]
     assert JobQueue(tmp_path).jobs() == [] and ex.list_runs(tmp_path) == []
+
+
+def _clinic_upload(tmp_path):
+    """The patients table and an ONNX model trained on its members, read and checked as the audit page does."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from user_files import onnx_for_table, patients_csv
+
+    from mia_core.user_audit import prepare_upload
+
+    csv = tmp_path / "patients.csv"
+    patients_csv(csv)
+    blob, _, _, _ = onnx_for_table(csv)
+    columns = dict(label_column="diagnosis", membership_column="member", id_column="patient_id")
+    upload = lambda: prepare_upload(csv.read_bytes(), "patients.csv", blob, "clinic.onnx", **columns)  # noqa: E731
+    return upload, csv, blob, columns
+
+
+def test_an_uploaded_models_audit_runs_as_a_job_and_leaves_no_copy_of_the_users_files(tmp_path):
+    """The audit page's job: identical uploads share it, it stores the same run as an audit in this process
+    would (which then reuses it), and the job's copy of the user's data and model is removed when it ends."""
+    from mia_core.jobs import JobFiles
+    from mia_core.user_audit import audit_upload
+
+    upload, csv, blob, columns = _clinic_upload(tmp_path)
+    store = tmp_path / "store"
+    queue = JobQueue(store, max_jobs=1)
+    cfg = FAST.replace(label_only_queries=200)
+    job = queue.submit_audit(upload(), cfg, label="audit of clinic.onnx")
+    inputs = JobFiles(store, job.id).inputs
+    assert (inputs / "model.onnx").read_bytes() == blob and job.audit.model_name == "clinic.onnx"
+    again = queue.submit_audit(upload(), cfg, label="again")  # another tab uploading the same files
+    assert again.id == job.id and again.attached == 1
+    other = queue.submit_audit(upload(), cfg.replace(label_only_queries=150), label="other settings")
+    assert other.id != job.id and other.status is Status.QUEUED
+    done = queue.wait(job.id, timeout=300)
+    assert done.status is Status.DONE, done.error
+    assert not inputs.exists()
+    here = audit_upload(csv.read_bytes(), "patients.csv", blob, "clinic.onnx", config=cfg, store=store, **columns)
+    assert here.reused and here.run_id == done.run_id and here.record.audit.model == "clinic.onnx (ONNX)"
+    assert queue.wait(other.id, timeout=300).status is Status.DONE
+    assert not list(store.glob("jobs/*/inputs")) and len(ex.list_runs(store)) == 2
+
+
+def test_a_cancelled_or_killed_audit_job_removes_the_users_files_and_stores_no_run(tmp_path):
+    from mia_core.jobs import JobFiles
+
+    upload, _, _, _ = _clinic_upload(tmp_path)
+    store = tmp_path / "store"
+    queue = JobQueue(store, max_jobs=1)
+    slow = FAST.replace(label_only_queries=3000, bootstrap_rounds=200)
+    job = queue.submit_audit(upload(), slow, label="to cancel")
+    _wait_for_stage(queue, job.id, ("distances", "label-only", "loss"))
+    assert JobFiles(store, job.id).inputs.is_dir()
+    cancelled = queue.cancel(job.id)
+    assert cancelled.status is Status.CANCELLED and not JobFiles(store, job.id).inputs.exists()
+    assert ex.list_runs(store) == [] and _temporaries(store) == []
+    job = queue.submit_audit(upload(), slow.replace(seed=1), label="to kill")
+    running = _wait_for_stage(queue, job.id, ("distances", "label-only", "loss"))
+    os.killpg(running.pid, signal.SIGKILL)
+    queue._processes.pop(job.id).wait()
+    failed = queue.get(job.id)
+    assert failed.status is Status.FAILED and "stopped before finishing" in failed.error
+    assert not JobFiles(store, job.id).inputs.exists() and ex.list_runs(store) == []
+
+
+def test_an_audit_started_on_the_page_goes_on_after_the_tab_closes_and_a_new_tab_finds_it(tmp_path, monkeypatch):
+    """Upload, press Audit, close the tab: a new tab's audit page offers the running audit, follows it, and
+    opens its run when it is done."""
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import finish_jobs
+
+    _, csv, blob, _ = _clinic_upload(tmp_path)
+    store = tmp_path / "store"
+    monkeypatch.setenv("MIA_STORE", str(store))
+    tab = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    tab.switch_page("app_pages/audit.py").run()
+    tab.file_uploader(key="audit_data").set_value(("patients.csv", csv.read_bytes(), "text/csv")).run()
+    tab.file_uploader(key="audit_model").set_value(("clinic.onnx", blob, "application/octet-stream")).run()
+    tab.selectbox(key="audit_label_column").set_value("diagnosis")
+    tab.number_input(key="audit_label_only_queries_False").set_value(3000)  # long enough to leave mid-way
+    tab.number_input(key="audit_bootstrap_rounds_False").set_value(500)
+    tab.button(key="audit_run").click().run()
+    assert not tab.error, [e.value for e in tab.error]
+    jid = tab.query_params["job"]
+    del tab  # the tab is closed
+    new = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    new.switch_page("app_pages/audit.py").run()
+    offer = [i.value for i in new.info if "Being computed on this server" in i.value]
+    assert offer and "audit of clinic.onnx on patients.csv" in offer[0] and "open its run when it is done" in offer[0]
+    new.button(key="audit_follow").click().run()
+    assert new.query_params["job"] == jid and any("in the background" in i.value for i in new.info)
+    finish_jobs(new, store)
+    assert new.query_params["run"] == JobQueue(store).get(jid).run_id
+    assert "clinic.onnx" in new.success[0].value and "audited on 204 members" in new.success[0].value
