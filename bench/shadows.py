@@ -8,7 +8,8 @@ evaluation pool, the target's epochs and batch size), once per mode and repeat, 
 process after a warm-up; it prints the median models a second, and each set's mean accuracy on the points its
 models did not train on (the speed must not cost accuracy). For an MLP each mode also runs as before
 `models.stacked_forward` and `models.stacked_gradients` (vmap over functional_call, differentiated by autograd: the
-same bits), so the table compares the two in one run.
+same bits), so the table compares the two in one run, and with `executor="threads"` (its chunks side by side,
+one intra-op thread each, as the CLI and the app's job workers train them: the same bits again).
 """
 
 from __future__ import annotations
@@ -51,12 +52,15 @@ def main() -> None:
         builds = {t: build for t in SHADOW_TRAINING}
         if stacked_forward(build()) is not None:  # also the path before it: vmap, same bits
             builds.update({f"{t} (vmap)": functools.partial(_under_vmap, build) for t in SHADOW_TRAINING})
+            # and the chunks side by side in threads, as the CLI and the app's job workers train them (`auto`)
+            builds.update({f"{t} threads": build for t in SHADOW_TRAINING})
         rates: dict[str, list[float]] = {t: [] for t in builds}
         accuracy: dict[str, float] = {}
         for _ in range(a.repeats):
             for label, builder in builds.items():
                 t0 = time.perf_counter()
-                s = shadow_set(builder, x, y, training=label.split()[0], **kw)
+                s = shadow_set(builder, x, y, training=label.split()[0],
+                               executor="threads" if label.endswith("threads") else "local", **kw)
                 rates[label].append(a.models / (time.perf_counter() - t0))
                 accuracy[label] = s.held_out_accuracy(ds.y[:pool])
         for label in builds:

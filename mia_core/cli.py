@@ -15,6 +15,7 @@ from .data import DATASETS, DatasetError, download_dataset
 from .defenses import DEFENSES
 from .experiment import collect_garbage, repair_store, scan_store
 from .jobs import JobQueue, run_attached
+from .lira import claim_process
 from .metrics import FPR_LEVELS
 from .records import RunRecord
 from .store import DEFAULT_FOLDER, STORE_ENV, Store, read_json, write_json
@@ -461,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    claim_process()  # a command computes one thing at a time: shadow chunks may train in threads (lira)
     try:
         return args.func(args)
     except (DatasetError, CheckpointError, ValueError) as err:

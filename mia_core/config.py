@@ -211,9 +211,11 @@ class ExperimentConfig:
     data_dir: str | None = param(None, R, "folder holding torchvision datasets (mnist, fashion_mnist, cifar10)",
                                  kind=str, optional=True, label="data folder")
     device: str = param("auto", R, "auto (cuda if available), cpu, cuda or cuda:N", label="device")
-    shadow_executor: str = param("local", R, "where shadow / reference models train: local (in this process) "
-                                 "or ray (chunks as Ray tasks, on the cluster at --ray-address or a local Ray "
-                                 "instance; same files in the store)", choices=lambda: ("local", "ray"),
+    shadow_executor: str = param("auto", R, "where shadow / reference models train: local (in this thread), "
+                                 "threads (a plain MLP's chunks side by side on the CPU, one thread each), auto "
+                                 "(threads in the CLI and the app's job workers, local elsewhere) or ray (chunks as "
+                                 "Ray tasks, on the cluster at --ray-address or a local Ray instance); the same "
+                                 "files in the store", choices=lambda: ("auto", "local", "threads", "ray"),
                                  label="shadow-model executor")
     ray_address: str | None = param(None, R, "the Ray cluster for --shadow-executor ray (ray://head:10001 or auto; "
                                     "default: a local Ray instance)", kind=str, optional=True, label="Ray address")

@@ -232,6 +232,9 @@ class ProgressWriter:
 
 def _work(store_root: str, jid: str) -> None:
     """The job's process: run the experiment, writing progress, and end with done / failed / cancelled."""
+    from .lira import claim_process
+
+    claim_process()  # this process computes this job alone: shadow chunks may train in threads
     files = JobFiles(Path(store_root), jid)
     job = files.read()
     files.write_status(status=Status.RUNNING.value, started=time.time(), pid=os.getpid(), stage="starting",

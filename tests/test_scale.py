@@ -66,3 +66,54 @@ def test_an_audit_passes_a_convolutional_network_at_most_one_chunk_of_samples_at
     assert np.isfinite(run.table.scores("verified_confidence", "members")).all()
     assert rows[False] and max(rows[False]) == CPU_CONV_ROWS  # 300-sample groups, a pool of 1,100, in chunks
     assert rows[True] and max(rows[True]) <= max(cfg.batch_size, CPU_CONV_ROWS // 2)
+
+
+def test_shadow_chunks_trained_in_threads_give_local_trainings_bits_and_restore_the_thread_count(tmp_path, monkeypatch):
+    """The threads executor: a plain MLP's chunks side by side, one intra-op thread each, stored chunk by chunk,
+    the same bits as one after the other in this thread (mnist5k's 784 inputs: their statistics are a reduction
+    that rounds differently with one thread, so they are fitted with the caller's count); a CNN trains here."""
+    import threading
+
+    from mia_core import lira
+
+    ds = load_dataset("mnist5k")
+    x, y = torch.from_numpy(ds.x[:600]), torch.from_numpy(ds.y[:600])
+    population = torch.from_numpy(ds.x[600:700])
+    kw = dict(n_models=6, chunk=2, epochs=2, batch_size=64, lr=1e-3, weight_decay=0.0, seed=0, population=population)
+    where = []
+    original = lira._chunk_arrays
+    monkeypatch.setattr(lira, "_chunk_arrays",  # a spy: the real training, and the thread it ran in
+                        lambda *a: (where.append(threading.current_thread().name), original(*a))[1])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for training in ("mixed", "stacked"):
+            mlp = functools.partial(build_model, "mlp", ds.input_shape, ds.num_classes, width=64)
+            local = shadow_set(mlp, x, y, executor="local", training=training, **kw)
+            where.clear()
+            seen = []
+            threaded = shadow_set(mlp, x, y, executor="threads", training=training, cache_dir=tmp_path / training,
+                                  progress=lambda stage, f: seen.append(f), **kw)
+            assert torch.get_num_threads() == 2
+            assert len(where) == 3 and all(n.startswith("mia-shadows") for n in where), where
+            np.testing.assert_allclose(seen, [1 / 3, 2 / 3, 1.0])
+            assert sorted(p.name for p in (tmp_path / training).iterdir()) == ["chunk-000", "chunk-001", "chunk-002"]
+            np.testing.assert_array_equal(threaded.logp, local.logp)
+            np.testing.assert_array_equal(threaded.population_logp, local.population_logp)
+        where.clear()
+        cnn = functools.partial(build_model, "cnn", ds.input_shape, ds.num_classes, width=4)
+        shadow_set(cnn, x[:80], y[:80], executor="threads", **(kw | {"n_models": 2, "chunk": 1, "epochs": 1}))
+        assert where == ["MainThread", "MainThread"]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_auto_trains_shadows_in_threads_only_in_a_process_that_computes_one_thing(tmp_path, monkeypatch):
+    from mia_core import cli, lira
+
+    monkeypatch.setattr(lira, "_owns_its_process", False)  # as in the app's server process, or a notebook
+    assert lira.resolve_executor("auto") == "local" and lira.resolve_executor("ray") == "ray"
+    with pytest.raises(ValueError, match="shadow executor must be one of auto, local, threads, ray"):
+        lira.resolve_executor("dask")
+    assert cli.main(["runs", "--store", str(tmp_path)]) == 0  # any command claims its process
+    assert lira.resolve_executor("auto") == "threads" and lira.resolve_executor("local") == "local"
