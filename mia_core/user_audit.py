@@ -219,6 +219,8 @@ def audit_prepared(model: nn.Module, ds: Dataset, split: Split, reference_how: s
             discard_folder(folder)
     reused = eval_dir.is_dir()
     if not run_dir.is_dir():
+        if progress:
+            progress("your model's accuracy; storing your data and model with the audit", 0.0)
         _write_audit_stage(run_dir, cfg, info, ds, split, model, dev, onnx_model)
     training = TrainingRecord.from_json(read_json(run_dir / "training.json"))
     if not reused:
@@ -326,6 +328,8 @@ def audit_prepared_upload(upload: PreparedUpload, config: ExperimentConfig | Non
 def audit_job_inputs(folder: Path, request: AuditRequest, config: ExperimentConfig, *,
                      store: Store | str | Path | None = None, progress: Progress | None = None) -> RunResult:
     """An audit job's work: its inputs (written by `JobFiles.create` from a checked upload) audited."""
+    if progress:
+        progress("loading your model (converted, checked against ONNX Runtime)", 0.0)
     ds = read_saved_dataset(folder / "data.npz")
     with np.load(folder / "split.npz", allow_pickle=False) as z:
         split = Split(members=z["members"], nonmembers=z["nonmembers"], reference=z["reference"])
