@@ -288,7 +288,8 @@ def cmd_runs(a: argparse.Namespace) -> int:
 
 def cmd_gc(a: argparse.Namespace) -> int:
     done = collect_garbage(Store.resolve(a.store), older_than_s=a.older_than * 3600)
-    print(f"removed {done.temporaries} leftover(s) of interrupted writes and {len(done.uploads)} unused upload(s)")
+    print(f"removed {done.temporaries} leftover(s) of interrupted writes, {len(done.uploads)} unused upload(s) and "
+          f"{len(done.job_inputs)} ended audit job(s)' copy of their files")
     return 0
 
 

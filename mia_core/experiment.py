@@ -9,6 +9,7 @@ trained model.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -309,6 +310,7 @@ class Collected:
     temporaries: int
     uploads: list[Path]
     first_results: list[Path] = field(default_factory=list)
+    job_inputs: list[Path] = field(default_factory=list)  # audit jobs' copies of a user's files
 
 
 def collect_garbage(store: Store | str | Path | None = None, *, older_than_s: float = 3600) -> Collected:
@@ -333,7 +335,24 @@ def collect_garbage(store: Store | str | Path | None = None, *, older_than_s: fl
         or time.time() - p.stat().st_mtime > older_than_s and not _job_running(st, p))]
     for p in stale:
         discard_folder(p)
-    return Collected(temporaries, unused, stale)
+    return Collected(temporaries, unused, stale, _orphan_job_inputs(st, older_than_s))
+
+
+def _orphan_job_inputs(st: Store, older_than_s: float) -> list[Path]:
+    """Remove the inputs of audit jobs that will not run: ended (a worker killed with its server, before it could
+    remove them) or never submitted (their request was not written; only older than `older_than_s`, as a
+    request being written now has none yet)."""
+    from .jobs import JOBS, JobQueue
+
+    queue = JobQueue(st)
+    removed = []
+    for inputs in sorted((st.root / JOBS).glob("*/inputs")):
+        job = queue.get(inputs.parent.name)
+        if (job is None and time.time() - inputs.stat().st_mtime > older_than_s) or (job is not None
+                                                                                    and not job.status.active):
+            shutil.rmtree(inputs, ignore_errors=True)
+            removed.append(inputs)
+    return removed
 
 
 def _job_running(st: Store, first: Path) -> bool:

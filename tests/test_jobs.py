@@ -272,3 +272,28 @@ def test_an_audit_started_on_the_page_goes_on_after_the_tab_closes_and_a_new_tab
     finish_jobs(new, store)
     assert new.query_params["run"] == JobQueue(store).get(jid).run_id
     assert "clinic.onnx" in new.success[0].value and "audited on 204 members" in new.success[0].value
+
+
+def test_housekeeping_removes_the_users_files_of_audit_jobs_that_will_not_run(tmp_path):
+    """A worker killed with its server, or a request never written, can leave an audit's inputs behind: the
+    store's garbage collection (run once per server start, and by `mia_core gc`) removes those, not a queued
+    job's."""
+    import time
+
+    from mia_core.jobs import JobFiles, audit_job_id
+
+    upload, _, _, _ = _clinic_upload(tmp_path)
+    store = tmp_path / "store"
+    prepared = upload()
+    queued = JobFiles(store, audit_job_id(prepared, FAST))
+    queued.create(FAST, "queued", None, audit=prepared)
+    ended = JobFiles(store, audit_job_id(prepared, FAST.replace(seed=1)))
+    ended.create(FAST.replace(seed=1), "ended", None, audit=prepared)
+    ended.write_status(status=Status.FAILED.value, finished=time.time())
+    unsubmitted = JobFiles(store, "audit-never-submitted")
+    unsubmitted.create(FAST, "lost", None, audit=prepared)
+    unsubmitted.request.unlink()
+    gone = ex.collect_garbage(store).job_inputs
+    assert gone == [ended.inputs] and queued.inputs.is_dir() and unsubmitted.inputs.is_dir()
+    assert ex.collect_garbage(store, older_than_s=-1).job_inputs == [unsubmitted.inputs]
+    assert queued.inputs.is_dir() and (queued.inputs / "model.onnx").is_file()
