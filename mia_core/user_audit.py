@@ -179,21 +179,12 @@ def audit_prepared(model: nn.Module, ds: Dataset, split: Split, reference_how: s
     """The audit itself, once the data, the split and the model are known (the API, the CLI and the app)."""
     dev = pick_device(device)
     model = model.to(dev).eval()
-    n_out = check_classifier(model, torch.from_numpy(ds.x[split.members[:8]]).to(dev), ds.num_classes)
-    if n_out > ds.num_classes:
-        ds = Dataset(ds.name, ds.x, ds.y, n_out, ds.bounds, ds.feature_names, ds.feature_low, ds.feature_high,
-                     ds.class_names)
     recipe = recipe or (TrainingRecipe() if model_factory is not None else None)
     factory_name = (model_factory if isinstance(model_factory, str)
                     else getattr(model_factory, "__qualname__", repr(model_factory)) if model_factory else None)
-    base = config or ExperimentConfig()
-    cfg = base.replace(dataset=AUDIT_DATA + ds.name, model=AUDIT_MODEL + short_name, members=len(split.members),
-                       nonmembers=len(split.nonmembers), seed=seed, checkpoint=None, defense="none",
-                       defense_strength=0.0, validation_size=0, device=device,
-                       **({} if recipe is None else {"epochs": recipe.epochs, "batch_size": recipe.batch_size,
-                                                     "lr": recipe.lr, "weight_decay": recipe.weight_decay,
-                                                     "optimizer": recipe.optimizer}))
-    cfg.validate()
+    ds, cfg, key, n_out = _audit_plan(model, ds, split, dev, model_digest=model_digest, short_name=short_name,
+                                      factory_name=factory_name, recipe=recipe, seed=seed, config=config,
+                                      device=device)
     builder = None
     if isinstance(model_factory, str):
         build_from_factory(model_factory, ds.input_shape, n_out)  # refuse a bad factory before any work
@@ -207,12 +198,6 @@ def audit_prepared(model: nn.Module, ds: Dataset, split: Split, reference_how: s
                      retraining=None if builder is None else f"copies of {factory_name}, {recipe.describe()}",
                      onnx_max_difference=None if onnx_model is None else onnx_model.max_abs_difference)
     st = Store.resolve(store)
-    key = "audit-" + config_hash({
-        "data": ds.fingerprint(), "bounds": list(ds.bounds), "classes": ds.num_classes,
-        "split": hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in split.to_arrays().values())
-                                ).hexdigest(),
-        "model": model_digest, "factory": factory_name, "recipe": None if recipe is None else recipe.__dict__,
-        "seed": seed, "core": __version__})
     run_dir, eval_dir = st.run_dir(key), st.eval_dir(key, cfg.eval_key())
     for folder in (run_dir, eval_dir):
         if folder.is_dir() and folder_problem(folder) is not None:
@@ -231,6 +216,32 @@ def audit_prepared(model: nn.Module, ds: Dataset, split: Split, reference_how: s
     if progress:
         progress("done", 1.0)
     return _assemble(st, cfg, eval_dir, ds, model, split, reused)
+
+
+def _audit_plan(model: nn.Module, ds: Dataset, split: Split, dev: torch.device, *, model_digest: str,
+                short_name: str, factory_name: str | None, recipe: TrainingRecipe | None, seed: int,
+                config: ExperimentConfig | None, device: str) -> tuple[Dataset, ExperimentConfig, str, int]:
+    """What an audit computes and where the store keeps it: (the data, with as many classes as the model
+    outputs; the run's config; its key; the model's output count)."""
+    n_out = check_classifier(model, torch.from_numpy(ds.x[split.members[:8]]).to(dev), ds.num_classes)
+    if n_out > ds.num_classes:
+        ds = Dataset(ds.name, ds.x, ds.y, n_out, ds.bounds, ds.feature_names, ds.feature_low, ds.feature_high,
+                     ds.class_names)
+    base = config or ExperimentConfig()
+    cfg = base.replace(dataset=AUDIT_DATA + ds.name, model=AUDIT_MODEL + short_name, members=len(split.members),
+                       nonmembers=len(split.nonmembers), seed=seed, checkpoint=None, defense="none",
+                       defense_strength=0.0, validation_size=0, device=device,
+                       **({} if recipe is None else {"epochs": recipe.epochs, "batch_size": recipe.batch_size,
+                                                     "lr": recipe.lr, "weight_decay": recipe.weight_decay,
+                                                     "optimizer": recipe.optimizer}))
+    cfg.validate()
+    key = "audit-" + config_hash({
+        "data": ds.fingerprint(), "bounds": list(ds.bounds), "classes": ds.num_classes,
+        "split": hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in split.to_arrays().values())
+                                ).hexdigest(),
+        "model": model_digest, "factory": factory_name, "recipe": None if recipe is None else recipe.__dict__,
+        "seed": seed, "core": __version__})
+    return ds, cfg, key, n_out
 
 
 def train_user_model(factory: str, ds: Dataset, split: Split, recipe: TrainingRecipe, *, seed: int = 0,
@@ -323,6 +334,22 @@ def audit_prepared_upload(upload: PreparedUpload, config: ExperimentConfig | Non
     return audit_onnx(upload.model, upload.data.dataset, upload.data.split, upload.request.reference,
                       data_label=upload.request.data_label, file_name=upload.request.model_name, config=cfg,
                       store=store, progress=progress, seed=cfg.seed, device=cfg.device)
+
+
+def stored_upload_audit(upload: PreparedUpload, config: ExperimentConfig | None = None,
+                        store: Store | str | Path | None = None) -> str | None:
+    """The run id of this checked upload's audit with `config`'s evaluation when the store holds it intact (the
+    page then opens it at once instead of starting a job), else None."""
+    cfg = config or ExperimentConfig()
+    _, run_cfg, key, _ = _audit_plan(upload.model.module.cpu(), upload.data.dataset, upload.data.split,
+                                     torch.device("cpu"), model_digest=upload.model.digest,
+                                     short_name=Path(upload.request.model_name).stem, factory_name=None, recipe=None,
+                                     seed=cfg.seed, config=cfg, device=cfg.device)
+    st = Store.resolve(store)
+    eval_dir = st.eval_dir(key, run_cfg.eval_key())
+    if eval_dir.is_dir() and folder_problem(eval_dir) is None and folder_problem(eval_dir.parent) is None:
+        return Store.run_id(eval_dir)
+    return None
 
 
 def audit_job_inputs(folder: Path, request: AuditRequest, config: ExperimentConfig, *,

@@ -309,6 +309,10 @@ def test_an_onnx_model_and_a_table_uploaded_in_the_app_are_audited(app, tmp_path
     finish_jobs(at, tmp_path)
     assert "audited on" in at.success[0].value and not at.error
     assert not list(tmp_path.glob("jobs/*/inputs"))  # the job's copy of the user's files is gone
+    jobs = {p.parent.name: p.stat().st_mtime_ns for p in tmp_path.glob("jobs/*/request.json")}
+    at.button(key="audit_run").click().run()  # the same files and settings again: open at once, no new job
+    assert "audited on" in at.success[0].value and not at.info and not at.error
+    assert {p.parent.name: p.stat().st_mtime_ns for p in tmp_path.glob("jobs/*/request.json")} == jobs and jobs
     run = ex.list_runs(tmp_path)[0]
     assert run.record.audit.model_kind == "onnx" and run.record.n_members == frame.member.sum()
     assert run.record.config.model == "your model: clinic"
