@@ -117,3 +117,39 @@ def test_auto_trains_shadows_in_threads_only_in_a_process_that_computes_one_thin
         lira.resolve_executor("dask")
     assert cli.main(["runs", "--store", str(tmp_path)]) == 0  # any command claims its process
     assert lira.resolve_executor("auto") == "threads" and lira.resolve_executor("local") == "local"
+
+
+def test_an_interrupt_stops_the_chunks_training_in_threads_at_their_next_step(tmp_path, monkeypatch):
+    """Ctrl-C (or an error) while chunks train in threads: the running chunks are told to stop at their next
+    step, the others never start, and only finished chunks are in the store."""
+    import threading
+
+    from mia_core import lira
+
+    ds = load_dataset("digits")
+    x, y = torch.from_numpy(ds.x[:240]), torch.from_numpy(ds.y[:240])
+    build = functools.partial(build_model, "mlp", ds.input_shape, ds.num_classes, width=32)
+    events = []
+    original = lira._chunk_arrays
+    monkeypatch.setattr(lira, "_chunk_arrays", lambda *a: (events.append(a[-1]["stop"]), original(*a))[1])
+
+    def interrupt(stage, fraction):
+        raise KeyboardInterrupt
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            shadow_set(build, x, y, n_models=8, chunk=2, epochs=3, batch_size=64, lr=1e-3, weight_decay=0.0, seed=0,
+                       executor="threads", cache_dir=tmp_path, progress=interrupt)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert events and all(e.is_set() for e in events)
+    assert len(list(tmp_path.iterdir())) == 1  # the chunk whose storing was interrupted; nothing half-written
+    assert not [t for t in threading.enumerate() if t.name.startswith("mia-shadows")]
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(KeyboardInterrupt, match="stopped"):
+        lira.train_shadow_chunk(build, x, y, torch.arange(200).reshape(2, 100), epochs=1, batch_size=64, lr=1e-3,
+                                weight_decay=0.0, seed=0, stop=stop)
