@@ -207,9 +207,7 @@ def stored_run_id(config: ExperimentConfig, store: Store | str | Path | None = N
         return None
     key = train_key(config, ds)
     eval_dir = st.eval_dir(key, config.eval_key())
-    if eval_dir.is_dir() and folder_problem(eval_dir) is None and folder_problem(eval_dir.parent) is None:
-        return Store.run_id(eval_dir)
-    return None
+    return Store.intact_run_id(eval_dir)
 
 
 def _assemble(st: Store, config, eval_dir: Path, ds, model, split, reused: bool) -> RunResult:

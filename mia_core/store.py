@@ -84,6 +84,14 @@ class Store:
         p = Path(eval_dir)
         return f"{p.parent.name}/{p.name}"
 
+    @staticmethod
+    def intact_run_id(eval_dir: Path) -> str | None:
+        """The id of a finished evaluation whose folder and trained model's folder are intact, else None (to
+        be computed again)."""
+        if eval_dir.is_dir() and folder_problem(eval_dir) is None and folder_problem(eval_dir.parent) is None:
+            return Store.run_id(eval_dir)
+        return None
+
     def eval_path(self, run_id: str) -> Path:
         """The folder of a finished run (or of an evaluation's first results, `first<level>-`) named by its id;
         refuses anything that is not a run id inside the store (absolute paths, `..`, other folders)."""

@@ -347,9 +347,7 @@ def stored_upload_audit(upload: PreparedUpload, config: ExperimentConfig | None 
                                      seed=cfg.seed, config=cfg, device=cfg.device)
     st = Store.resolve(store)
     eval_dir = st.eval_dir(key, run_cfg.eval_key())
-    if eval_dir.is_dir() and folder_problem(eval_dir) is None and folder_problem(eval_dir.parent) is None:
-        return Store.run_id(eval_dir)
-    return None
+    return Store.intact_run_id(eval_dir)
 
 
 def audit_job_inputs(folder: Path, request: AuditRequest, config: ExperimentConfig, *,

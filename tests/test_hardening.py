@@ -149,7 +149,7 @@ def test_gc_removes_old_leftovers_and_unused_uploads(tmp_path, capsys):
     for p in (leftover, unused, used):
         os.utime(p, (old, old))
     assert main(["gc", "--store", str(tmp_path)]) == 0
-    assert "removed 1 leftover(s) of interrupted writes and 1 unused upload(s)" in capsys.readouterr().out
+    assert "removed 1 leftover(s) of interrupted writes, 1 unused upload(s) and 0 ended audit job(s)'" in capsys.readouterr().out
     assert not leftover.exists() and fresh.exists() and not unused.exists() and used.exists()
     assert collect_garbage(tmp_path).temporaries == 0
 
