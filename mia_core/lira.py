@@ -325,7 +325,8 @@ def _threaded_chunks(build, x, y, population, subsets, chunk, todo, seed, recipe
     """The missing chunks trained `workers` at a time in threads of this process, one intra-op thread each,
     and stored as each one finishes. A plain MLP's step is small (a digits shadow step for 8 models is about
     2 ms, a third of it Python and dispatch), so two chunks side by side keep two cores busy where one chunk
-    with two intra-op threads does not: the same bits, 1.2-1.4x sooner on this machine's 2 cores."""
+    with two intra-op threads does not: the same bits, 1.1-1.5x sooner on this machine's 2 cores (bench/shadows.py
+    and single-chunk timings, which vary with the shared machine's load)."""
     threads = torch.get_num_threads()
     stop = threading.Event()
     try:

@@ -155,8 +155,8 @@ def audit(model: nn.Module, members, nonmembers, reference=None, *, bounds=(0.0,
                           progress=progress, device=device, short_name=name)
 
 
-def audit_onnx(source: bytes | str | Path | OnnxModel, ds: Dataset, split: Split, reference_how: str, *, data_label: str,
-               file_name: str = "model.onnx", config: ExperimentConfig | None = None,
+def audit_onnx(source: bytes | str | Path | OnnxModel, ds: Dataset, split: Split, reference_how: str, *,
+               data_label: str, file_name: str = "model.onnx", config: ExperimentConfig | None = None,
                store: Store | str | Path | None = None, progress: Progress | None = None, seed: int = 0,
                device: str = "auto") -> RunResult:
     """Audit an ONNX model: converted and checked against ONNX Runtime on the data (`user_models.load_onnx`),
