@@ -336,18 +336,23 @@ def audit_prepared_upload(upload: PreparedUpload, config: ExperimentConfig | Non
                       store=store, progress=progress, seed=cfg.seed, device=cfg.device)
 
 
-def stored_upload_audit(upload: PreparedUpload, config: ExperimentConfig | None = None,
-                        store: Store | str | Path | None = None) -> str | None:
-    """The run id of this checked upload's audit with `config`'s evaluation when the store holds it intact (the
-    page then opens it at once instead of starting a job), else None."""
+def upload_run_config(upload: PreparedUpload, config: ExperimentConfig | None = None) -> tuple[ExperimentConfig, str]:
+    """The config this checked upload's audit with `config`'s evaluation is stored under (its data set and model
+    named as the user's), and the audit's key."""
     cfg = config or ExperimentConfig()
     _, run_cfg, key, _ = _audit_plan(upload.model.module.cpu(), upload.data.dataset, upload.data.split,
                                      torch.device("cpu"), model_digest=upload.model.digest,
                                      short_name=Path(upload.request.model_name).stem, factory_name=None, recipe=None,
                                      seed=cfg.seed, config=cfg, device=cfg.device)
-    st = Store.resolve(store)
-    eval_dir = st.eval_dir(key, run_cfg.eval_key())
-    return Store.intact_run_id(eval_dir)
+    return run_cfg, key
+
+
+def stored_upload_audit(upload: PreparedUpload, config: ExperimentConfig | None = None,
+                        store: Store | str | Path | None = None) -> str | None:
+    """The run id of this checked upload's audit with `config`'s evaluation when the store holds it intact (the
+    page then opens it at once instead of starting a job), else None."""
+    run_cfg, key = upload_run_config(upload, config)
+    return Store.intact_run_id(Store.resolve(store).eval_dir(key, run_cfg.eval_key()))
 
 
 def audit_job_inputs(folder: Path, request: AuditRequest, config: ExperimentConfig, *,

@@ -15,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from mia_core import evaluation, figures, views
 from mia_core import experiment as ex
+from mia_core.jobs import JobQueue
 from mia_core.label_only import CONV_ROWS_PER_CALL, label_only_distance
 from mia_core.metrics import roc_points
 from mia_core.models import build_model
@@ -313,6 +314,13 @@ def test_an_onnx_model_and_a_table_uploaded_in_the_app_are_audited(app, tmp_path
     at.button(key="audit_run").click().run()  # the same files and settings again: open at once, no new job
     assert "audited on" in at.success[0].value and not at.info and not at.error
     assert {p.parent.name: p.stat().st_mtime_ns for p in tmp_path.glob("jobs/*/request.json")} == jobs and jobs
+    # other settings: a new job, whose time left is scaled from the stored audit of the same data and model
+    at.number_input(key="audit_label_only_queries_True").set_value(300)
+    at.button(key="audit_run").click().run()
+    job = JobQueue(tmp_path).get(at.query_params["job"])
+    assert job.id not in jobs and job.estimate is not None and job.estimate > 0
+    finish_jobs(at, tmp_path)
+    assert JobQueue(tmp_path).get(job.id).status.value == "done" and len(ex.list_runs(tmp_path)) == 2
     run = ex.list_runs(tmp_path)[0]
     assert run.record.audit.model_kind == "onnx" and run.record.n_members == frame.member.sum()
     assert run.record.config.model == "your model: clinic"
