@@ -7,7 +7,7 @@ from dashboard.forms import field_input
 from mia_core import views
 from mia_core.config import ExperimentConfig
 from mia_core.jobs import Status
-from mia_core.user_audit import prepare_upload, stored_upload_audit
+from mia_core.user_audit import plan_upload_audit, prepare_upload
 from mia_core.user_data import likely_id_column, likely_label_column, upload_columns
 from mia_core.user_models import max_upload_bytes
 
@@ -74,10 +74,11 @@ if st.button("Audit", type="primary", key="audit_run", disabled=data is None or 
                 membership_column=None if membership_column in (None, NONE) else membership_column,
                 id_column=None if id_column in (None, NONE) else id_column, member_ids=member_ids,
                 bounds=(float(low), float(high)), reference_share=share, seed=config.seed)
-        if (stored := stored_upload_audit(upload, config, state.store())) is not None:
-            state.set_current(stored)  # audited before with these settings: it opens at once
+        plan = plan_upload_audit(upload, config, state.store())
+        if plan.stored_run_id is not None:
+            state.set_current(plan.stored_run_id)  # audited before with these settings: it opens at once
         else:
-            state.submit_audit(upload, config, f"audit of {model.name} on {data.name}")
+            state.submit_audit(upload, config, f"audit of {model.name} on {data.name}", plan.run_config)
         st.rerun()
     except state.RUN_ERRORS as err:
         state.show_error(err)

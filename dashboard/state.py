@@ -128,13 +128,11 @@ def submit(config: ExperimentConfig, label: str, *, follow: bool = True) -> Job 
     return job
 
 
-def submit_audit(upload, config: ExperimentConfig, label: str) -> Job:
+def submit_audit(upload, config: ExperimentConfig, label: str, run_config: ExperimentConfig) -> Job:
     """Start the audit of a checked upload (`user_audit.PreparedUpload`) in the background, and follow it: the
-    sidebar shows its progress (and the time left, scaled from a stored audit of the same data and model), and
-    its run becomes the current one when it is done."""
-    from mia_core.user_audit import upload_run_config
-
-    guess = views.estimate_seconds(upload_run_config(upload, config)[0], [r.record for r in all_runs()]).seconds
+    sidebar shows its progress (and the time left, scaled from a stored audit of the same data and model: the
+    plan's `run_config`), and its run becomes the current one when it is done."""
+    guess = views.estimate_seconds(run_config, [r.record for r in all_runs()]).seconds
     job = job_queue(str(store().root)).submit_audit(upload, config, label=label, estimate=guess)
     follow_job(job.id)
     return job

@@ -9,7 +9,6 @@ trained model.
 from __future__ import annotations
 
 import hashlib
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -333,24 +332,9 @@ def collect_garbage(store: Store | str | Path | None = None, *, older_than_s: fl
         or time.time() - p.stat().st_mtime > older_than_s and not _job_running(st, p))]
     for p in stale:
         discard_folder(p)
-    return Collected(temporaries, unused, stale, _orphan_job_inputs(st, older_than_s))
+    from .jobs import discard_unused_inputs
 
-
-def _orphan_job_inputs(st: Store, older_than_s: float) -> list[Path]:
-    """Remove the inputs of audit jobs that will not run: ended (a worker killed with its server, before it could
-    remove them) or never submitted (their request was not written; only older than `older_than_s`, as a
-    request being written now has none yet)."""
-    from .jobs import JOBS, JobQueue
-
-    queue = JobQueue(st)
-    removed = []
-    for inputs in sorted((st.root / JOBS).glob("*/inputs")):
-        job = queue.get(inputs.parent.name)
-        if (job is None and time.time() - inputs.stat().st_mtime > older_than_s) or (job is not None
-                                                                                    and not job.status.active):
-            shutil.rmtree(inputs, ignore_errors=True)
-            removed.append(inputs)
-    return removed
+    return Collected(temporaries, unused, stale, discard_unused_inputs(st, older_than_s))
 
 
 def _job_running(st: Store, first: Path) -> bool:

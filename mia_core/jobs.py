@@ -441,6 +441,22 @@ class JobQueue:
         return self.get(jid)
 
 
+def discard_unused_inputs(store: Store, older_than_s: float) -> list[Path]:
+    """Remove the inputs of audit jobs that will not run, and return their folders: of ended jobs (a worker killed
+    with its server before it could remove them) and of requests never written (only older than `older_than_s`:
+    a request being written now has none yet). A queued or running job's inputs are kept."""
+    queue = JobQueue(store)
+    removed = []
+    for inputs in sorted((store.root / JOBS).glob("*/inputs")):
+        job = queue.get(inputs.parent.name)
+        unused = (job is None and time.time() - inputs.stat().st_mtime > older_than_s) or (
+            job is not None and not job.status.active)
+        if unused:
+            shutil.rmtree(inputs, ignore_errors=True)
+            removed.append(inputs)
+    return removed
+
+
 def run_attached(config: ExperimentConfig, store: Store | str | Path | None = None,
                  progress: Callable[[str, float], None] | None = None, *, label: str = "command line",
                  first_results: Callable[[str], None] | None = None):

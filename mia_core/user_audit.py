@@ -336,23 +336,25 @@ def audit_prepared_upload(upload: PreparedUpload, config: ExperimentConfig | Non
                       store=store, progress=progress, seed=cfg.seed, device=cfg.device)
 
 
-def upload_run_config(upload: PreparedUpload, config: ExperimentConfig | None = None) -> tuple[ExperimentConfig, str]:
-    """The config this checked upload's audit with `config`'s evaluation is stored under (its data set and model
-    named as the user's), and the audit's key."""
+@dataclass(frozen=True)
+class UploadAuditPlan:
+    """Where a checked upload's audit stands before it runs: the config its run is stored under (the data set and
+    model named as the user's: what a time estimate scales from) and its stored run, if the store holds it."""
+
+    run_config: ExperimentConfig
+    stored_run_id: str | None
+
+
+def plan_upload_audit(upload: PreparedUpload, config: ExperimentConfig | None = None,
+                      store: Store | str | Path | None = None) -> UploadAuditPlan:
+    """The plan of this upload's audit with `config`'s evaluation: the page opens a stored run at once instead of
+    starting a job, and estimates a new one's time from stored audits of the same data and model."""
     cfg = config or ExperimentConfig()
     _, run_cfg, key, _ = _audit_plan(upload.model.module.cpu(), upload.data.dataset, upload.data.split,
                                      torch.device("cpu"), model_digest=upload.model.digest,
                                      short_name=Path(upload.request.model_name).stem, factory_name=None, recipe=None,
                                      seed=cfg.seed, config=cfg, device=cfg.device)
-    return run_cfg, key
-
-
-def stored_upload_audit(upload: PreparedUpload, config: ExperimentConfig | None = None,
-                        store: Store | str | Path | None = None) -> str | None:
-    """The run id of this checked upload's audit with `config`'s evaluation when the store holds it intact (the
-    page then opens it at once instead of starting a job), else None."""
-    run_cfg, key = upload_run_config(upload, config)
-    return Store.intact_run_id(Store.resolve(store).eval_dir(key, run_cfg.eval_key()))
+    return UploadAuditPlan(run_cfg, Store.intact_run_id(Store.resolve(store).eval_dir(key, run_cfg.eval_key())))
 
 
 def audit_job_inputs(folder: Path, request: AuditRequest, config: ExperimentConfig, *,
