@@ -177,8 +177,7 @@ def job_panel() -> None:
         box.markdown(f"**{plain(job.label or 'job')}**: {job.status.value}")
         if job.status.active:
             box.progress(min(max(job.fraction, 0.0), 1.0), text=plain(job.stage or "waiting for a free worker"))
-            left = views.format_seconds(job.remaining) if job.remaining is not None else "unknown"
-            box.caption(f"{views.format_seconds(job.elapsed)} so far; left: {left}. Leaving or reloading the page "
+            box.caption(f"{views.format_seconds(job.elapsed)} so far; left: {views.time_left(job)}. Leaving or reloading the page "
                         "loses nothing (Jobs page).")
             if box.button("Cancel", key="job_cancel"):
                 job_queue(str(store().root)).cancel(job.id)

@@ -86,6 +86,7 @@ class Job:
     fraction: float = 0.0
     started: float | None = None
     updated: float | None = None
+    stage_started: float | None = None
     finished: float | None = None
     error: str | None = None
     run_id: str | None = None
@@ -103,13 +104,24 @@ class Job:
 
     @property
     def remaining(self) -> float | None:
-        """Seconds left: the estimate minus the time spent, else extrapolated from the fraction of the current
-        stage (None before anything is known)."""
+        """Seconds left by the estimate (from the most similar stored run): the estimate minus the time spent; 0
+        for an ended job; None without an estimate, or once the job has run longer than it."""
         if self.status is not Status.RUNNING:
             return 0.0 if not self.status.active else self.estimate
-        if self.estimate is not None:
-            return max(self.estimate - self.elapsed, 0.0)
+        if self.estimate is not None and self.estimate > self.elapsed:
+            return self.estimate - self.elapsed
         return None
+
+    @property
+    def stage_remaining(self) -> float | None:
+        """Seconds left in the current stage, extrapolated from its fraction done at its last report (stages
+        report their own 0-1 fraction); None before 2% of a stage, or while no stage is running."""
+        if self.status is not Status.RUNNING or self.stage_started is None or self.updated is None:
+            return None
+        if not 0.02 <= self.fraction < 1.0:
+            return None
+        spent = max(self.updated - self.stage_started, 0.0)
+        return max(spent * (1.0 - self.fraction) / self.fraction - (time.time() - self.updated), 0.0)
 
 
 def job_id(config: ExperimentConfig) -> str:
@@ -207,6 +219,7 @@ class JobFiles:
                    submitted=req["submitted"], status=Status(st["status"]), stage=st.get("stage", ""),
                    fraction=float(st.get("fraction", 0.0)), started=st.get("started"), updated=st.get("updated"),
                    finished=st.get("finished"), error=st.get("error"), run_id=st.get("run_id"),
+                   stage_started=st.get("stage_started"),
                    first_run_id=st.get("first_run_id"), pid=st.get("pid"),
                    estimate=req.get("estimate"), attached=attached,
                    audit=AuditRequest.from_dict(req["audit"]) if req.get("audit") else None)
@@ -216,7 +229,7 @@ class ProgressWriter:
     """A progress callback that writes the job's stage and fraction, at most every `every` seconds per stage."""
 
     def __init__(self, files: JobFiles, every: float = 0.5, echo: Callable[[str, float], None] | None = None):
-        self.files, self.every, self.echo, self.last, self.stage = files, every, echo, 0.0, None
+        self.files, self.every, self.echo, self.last, self.stage, self.frac = files, every, echo, 0.0, None, 0.0
 
     def __call__(self, stage: str, frac: float) -> None:
         if self.echo:
@@ -224,8 +237,10 @@ class ProgressWriter:
         now = time.monotonic()
         if stage == self.stage and frac < 1.0 and now - self.last < self.every:
             return
-        self.last, self.stage = now, stage
-        self.files.write_status(stage=stage, fraction=float(frac))
+        new_stage = stage != self.stage or frac < self.frac  # a stage run again starts its clock again
+        started = {"stage_started": time.time()} if new_stage else {}
+        self.last, self.stage, self.frac = now, stage, frac
+        self.files.write_status(stage=stage, fraction=float(frac), **started)
         if (self.files.folder / "cancel").exists():
             raise KeyboardInterrupt("cancelled")
 

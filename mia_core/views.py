@@ -428,14 +428,26 @@ def jobs_frame(jobs) -> pd.DataFrame:
     """The Jobs page's table: one row per job, newest first."""
     rows = []
     for j in jobs:
-        remaining = j.remaining
         rows.append({"job": j.label or j.id, "status": j.status.value, "stage": j.stage,
                      "progress": f"{j.fraction:.0%}" if j.status.active else "",
                      "elapsed": format_seconds(j.elapsed) if j.started else "",
-                     "left": "" if not j.status.active else format_seconds(remaining) if remaining is not None
-                     else "unknown",
+                     "left": time_left(j),
                      "joined by": j.attached, "error": j.error or "", "run": j.run_id or "", "id": j.id})
     return pd.DataFrame(rows)
+
+
+def time_left(job: Job) -> str:
+    """A job's time left as a page says it: by its estimate where it has one and is within it, else 'unknown'
+    with the current stage's time left, extrapolated from its fraction done, where that is known yet."""
+    if not job.status.active:
+        return ""
+    if (left := job.remaining) is not None:
+        return format_seconds(left)
+    overrun = job.estimate is not None and job.status is Status.RUNNING
+    text = "more than estimated" if overrun else "unknown"
+    if (stage := job.stage_remaining) is not None:
+        text += f" (this stage: {format_seconds(stage)})"
+    return text
 
 
 def job_line(job: Job, others: int = 0) -> str:

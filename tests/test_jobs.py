@@ -9,7 +9,8 @@ import pytest
 from pathlib import Path
 
 from mia_core import experiment as ex
-from mia_core.jobs import JobQueue, Status, job_id, run_attached
+from mia_core import views
+from mia_core.jobs import Job, JobQueue, Status, job_id, run_attached
 from mia_core.limits import LimitError, Limits
 
 FAST = ex.ExperimentConfig(width=64, members=120, epochs=10, bootstrap_rounds=20, reference_scored=60,
@@ -63,6 +64,33 @@ def test_cancel_stops_the_worker_and_leaves_no_partial_run(tmp_path):
     assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(") ")[1][0] == "Z"
     assert ex.list_runs(tmp_path) == [] and _temporaries(tmp_path) == []
     assert queue.get(job.id).status is Status.CANCELLED  # stays cancelled, not "failed"
+
+
+def test_a_job_without_an_estimate_tells_its_current_stages_time_left(tmp_path):
+    queue = JobQueue(tmp_path, max_jobs=1)
+    job = queue.submit(SLOW, label="slow")  # no stored run to estimate from
+    deadline = time.monotonic() + 180
+    while (running := queue.get(job.id)).stage_remaining is None:  # a stage 2% done or more
+        assert running.status.active and time.monotonic() < deadline, running
+        time.sleep(0.05)
+    assert running.remaining is None and running.stage_started <= running.updated
+    spent = running.updated - running.stage_started
+    expected = spent * (1 - running.fraction) / running.fraction - (time.time() - running.updated)
+    assert abs(running.stage_remaining - max(expected, 0.0)) < 0.5
+    assert views.time_left(running).startswith("unknown (this stage: about ")
+    queue.cancel(job.id)
+    assert views.time_left(queue.get(job.id)) == ""
+
+
+def test_a_job_past_its_estimate_says_so_instead_of_a_second_left():
+    now, config = time.time(), ex.ExperimentConfig()
+    running = Job(id="j", config=config, label="", submitted=now - 30, status=Status.RUNNING, started=now - 30,
+                  estimate=20.0, stage="training", fraction=0.5, stage_started=now - 10, updated=now)
+    assert running.remaining is None and 9 <= running.stage_remaining <= 10
+    assert views.time_left(running) == "more than estimated (this stage: about 10 s)"
+    within = Job(id="j", config=config, label="", submitted=now - 5, status=Status.RUNNING, started=now - 5,
+                 estimate=125.0)
+    assert views.time_left(within) == "about 2 min" and within.stage_remaining is None
 
 
 def test_a_killed_worker_fails_the_job_and_a_resubmission_resumes_from_the_stored_stages(tmp_path):
