@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -105,6 +106,78 @@ def onnx_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+CONVERTER_OPSET = 17  # the newest default-domain opset whose operators onnx2torch 1.5.15 converts
+
+
+def converter_ready(proto):
+    """The same graph in a form onnx2torch converts, for a model it refuses as written (torch's default exporter
+    writes opset 18+, whose Reshape, ReduceMean and Gelu onnx2torch lacks): each Gelu (opset 20) written as
+    its formula in Erf or Tanh, the default-domain opset converted down to `CONVERTER_OPSET` by ONNX's version
+    converter, and each Reshape's `allowzero=1` set to 0 (the two differ only where the target shape holds a 0;
+    a constant shape is checked for one, and a shape computed in the graph holds one only for an empty dimension,
+    which a batch of inputs does not have). What is converted from it is checked against ONNX Runtime on the
+    user's own file, as every conversion is."""
+    import onnx
+    from onnx import numpy_helper, version_converter
+
+    ready = onnx.ModelProto()
+    ready.CopyFrom(proto)  # the caller's graph stays as the user wrote it
+    _write_gelu_as_formula(ready.graph)
+    opset = next((o.version for o in ready.opset_import if o.domain in ("", "ai.onnx")), CONVERTER_OPSET)
+    if opset > CONVERTER_OPSET:
+        ready = version_converter.convert_version(ready, CONVERTER_OPSET)
+    constants = {t.name: t for t in ready.graph.initializer}
+    constants.update({n.output[0]: a.t for n in ready.graph.node if n.op_type == "Constant"
+                      for a in n.attribute if a.name == "value"})
+    for node in ready.graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2:
+            continue
+        shape = constants.get(node.input[1])
+        if shape is None or not (numpy_helper.to_array(shape) == 0).any():
+            for attribute in node.attribute:
+                if attribute.name == "allowzero":
+                    attribute.i = 0
+    return ready
+
+
+def _write_gelu_as_formula(graph) -> None:
+    """Replace each Gelu node by 0.5 x (1 + erf(x / sqrt 2)), or its tanh approximation where the node says
+    `approximate="tanh"` (Hendrycks & Gimpel 2016), in float32 constants."""
+    from onnx import helper, numpy_helper
+
+    nodes = []
+    for i, node in enumerate(graph.node):
+        if node.op_type != "Gelu" or node.domain not in ("", "ai.onnx"):
+            nodes.append(node)
+            continue
+        approximate = next((a.s.decode() for a in node.attribute if a.name == "approximate"), "none")
+        x, y = node.input[0], node.output[0]
+        tag = f"{y}/gelu/"  # names of its own: no other node writes below this output's name
+
+        def const(name: str, value: float) -> str:
+            graph.initializer.append(numpy_helper.from_array(np.array(value, dtype=np.float32), tag + name))
+            return tag + name
+
+        def op(kind: str, a: str, b: str | None, out: str) -> None:
+            nodes.append(helper.make_node(kind, [a] if b is None else [a, b], [out]))
+
+        if approximate == "tanh":  # tanh(sqrt(2 / pi) (x + 0.044715 x^3))
+            op("Mul", x, x, tag + "x2")
+            op("Mul", tag + "x2", x, tag + "x3")
+            op("Mul", tag + "x3", const("k", 0.044715), tag + "kx3")
+            op("Add", x, tag + "kx3", tag + "inner")
+            op("Mul", tag + "inner", const("s", math.sqrt(2 / math.pi)), tag + "arg")
+            op("Tanh", tag + "arg", None, tag + "t")
+        else:  # erf(x / sqrt 2)
+            op("Mul", x, const("s", 1 / math.sqrt(2)), tag + "arg")
+            op("Erf", tag + "arg", None, tag + "t")
+        op("Add", tag + "t", const("one", 1.0), tag + "p")
+        op("Mul", x, tag + "p", tag + "xp")
+        op("Mul", tag + "xp", const("half", 0.5), y)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
 def load_onnx(source: bytes | str | Path, sample: np.ndarray, *, num_classes: int | None = None,
               atol: float = 1e-4, rtol: float = 1e-3) -> OnnxModel:
     """Parse an ONNX model (no pickle, no external data files), convert it with onnx2torch, and check the
@@ -138,10 +211,17 @@ def load_onnx(source: bytes | str | Path, sample: np.ndarray, *, num_classes: in
         raise ModelError(f"The ONNX model takes {len(inputs)} inputs; a classifier takes one batch of inputs.")
     operators = tuple(sorted({n.op_type for n in proto.graph.node}))
     try:
-        module = convert(proto)
+        try:
+            module = convert(proto)
+        except NotImplementedError as first:  # e.g. torch's default exporter: opset 18+, Reshape allowzero=1
+            try:
+                module = convert(converter_ready(proto))
+            except Exception:
+                raise first from None
     except NotImplementedError as err:
         raise ModelError(f"The ONNX model uses an operator the converter (onnx2torch) does not support: "
-                         f"{str(err)[:300]}. Operators in the model: {', '.join(operators)}.") from None
+                         f"{str(err)[:300]}. Operators in the model: {', '.join(operators)}. Exporting it with "
+                         f"torch.onnx.export(..., opset_version={CONVERTER_OPSET}) may avoid it.") from None
     except Exception as err:
         raise ModelError(f"The ONNX model could not be converted to torch ({type(err).__name__}: "
                          f"{str(err)[:300]}).") from None

@@ -14,7 +14,7 @@ from mia_core.data import DatasetError, load_dataset
 from mia_core.experiment import list_runs, load_run
 from mia_core.user_audit import audit_onnx
 from mia_core.user_data import prepare_user_data, read_image_folder, read_table
-from mia_core.user_models import ModelError, load_onnx
+from mia_core.user_models import ModelError, converter_ready, load_onnx, onnx_digest
 
 FAST_FLAGS = ["--bootstrap", "20", "--label-only-queries", "150", "--reference-scored", "60", "--lira-shadows", "2",
               "--method", "deepfool"]
@@ -165,7 +165,8 @@ def _onnx_bytes(model, example):
     return buf.getvalue()
 
 
-def test_an_onnx_model_is_converted_checked_and_audited_like_the_original(tmp_path):
+@pytest.mark.parametrize("exporter", ["legacy", "default"])  # TorchScript-based (opset 17), torch.export-based (18+)
+def test_an_onnx_model_is_converted_checked_and_audited_like_the_original(tmp_path, exporter):
     data = read_image_folder(_image_folder(tmp_path / "pets"))
     ds = data.dataset
     members = np.zeros(len(ds.y), dtype=bool)
@@ -179,7 +180,7 @@ def test_an_onnx_model_is_converted_checked_and_audited_like_the_original(tmp_pa
         opt.zero_grad()
         nn.functional.cross_entropy(net(xm), ym).backward()
         opt.step()
-    blob = _onnx_bytes(net, xm[:2])
+    blob = (_onnx_bytes if exporter == "legacy" else _default_exporter_bytes)(net, xm[:2])
     converted = load_onnx(blob, ds.x[:8], num_classes=3)
     assert converted.max_abs_difference < 1e-4 and "Conv" in converted.operators
     with torch.no_grad():
@@ -202,6 +203,63 @@ def test_an_onnx_model_is_converted_checked_and_audited_like_the_original(tmp_pa
     # reopened from the store: the ONNX file is kept and converted again, without pickle
     again = load_run(run.run_id, store=store)
     assert again.model is not None and again.dataset.x.shape == ds.x.shape
+
+
+def _default_exporter_bytes(model, example):
+    """What `torch.onnx.export(model, (x,), f)` writes with torch's default (torch.export-based) exporter: opset 18+,
+    Reshape with allowzero=1, Gelu as one operator."""
+    buf = io.BytesIO()
+    torch.onnx.export(model.eval(), (example,), buf, dynamic_shapes=({0: torch.export.Dim("n")},),
+                      input_names=["x"], verbose=False)
+    return buf.getvalue()
+
+
+class GeluNet(nn.Module):
+    def __init__(self, approximate):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(12, 32), nn.GELU(approximate=approximate), nn.Linear(32, 3))
+
+    def forward(self, x):
+        return self.body(x.flatten(1))
+
+
+def test_models_from_torchs_default_exporter_are_converted_and_agree():
+    import onnx
+
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    for net, shape, ops in ((SmallConvNet(), (3, 8, 8), {"Reshape", "Conv"}),
+                            (GeluNet("none"), (12,), {"Gelu"}), (GeluNet("tanh"), (12,), {"Gelu"})):
+        x = rng.random((16, *shape), dtype=np.float32)
+        blob = _default_exporter_bytes(net, torch.from_numpy(x[:2]))
+        proto = onnx.load_model_from_string(blob)
+        assert max(o.version for o in proto.opset_import if o.domain == "") >= 18  # what the converter refuses as is
+        converted = load_onnx(blob, x, num_classes=3)
+        assert ops <= set(converted.operators) and converted.digest == onnx_digest(blob) and converted.data == blob
+        with torch.no_grad():  # the user's model, not only ONNX Runtime's reading of it
+            np.testing.assert_allclose(converted.module(torch.from_numpy(x)).numpy(), net(torch.from_numpy(x)).numpy(),
+                                       atol=1e-5)
+        converter_ready(proto)
+        assert proto == onnx.load_model_from_string(blob)  # the user's graph is left as written
+        grad_in = torch.from_numpy(x).requires_grad_()  # the white-box searches differentiate it
+        converted.module(grad_in).sum().backward()
+        assert grad_in.grad is not None and grad_in.grad.abs().sum() > 0
+
+
+def test_a_reshape_to_a_constant_shape_with_a_zero_keeps_allowzero():
+    from onnx import TensorProto, helper, numpy_helper
+
+    def graph(shape):
+        node = helper.make_node("Reshape", ["x", "shape"], ["y"], allowzero=1)
+        return helper.make_model(helper.make_graph(
+            [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(np.array(shape, dtype=np.int64), "shape")]),
+            opset_imports=[helper.make_opsetid("", 19)])
+
+    allowzero = lambda proto: proto.graph.node[0].attribute[0].i  # noqa: E731
+    assert allowzero(converter_ready(graph([-1, 2, 2]))) == 0  # same meaning either way: turned off
+    assert allowzero(converter_ready(graph([0, 4]))) == 1  # a 0 here means an empty dimension: kept
 
 
 def test_bad_onnx_files_are_refused_and_nothing_is_stored(tmp_path, monkeypatch, snapshot):
