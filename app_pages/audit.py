@@ -18,7 +18,8 @@ st.title("Audit your own model")
 st.caption(
     "Upload a trained classifier as **ONNX** and the data it was trained on, say who was in training, and get the "
     "same audit as a run trained here. The ONNX file is parsed as a protocol buffer, never unpickled, converted to "
-    "torch with onnx2torch and refused unless it agrees with ONNX Runtime on your data. Reference-model attacks "
+    "torch with onnx2torch and refused unless it agrees with ONNX Runtime on your data; its outputs may be logits "
+    "or probabilities (a softmax at its end: their logarithm is read as logits). Reference-model attacks "
     "(LiRA, RMIA) need your architecture's code: use `mia-core audit --model-factory` or `mia_core.audit(...)` "
     f"for them. Uploads up to {max_upload_bytes() / 2**20:.0f} MB. The audit runs in the background: leaving the page "
     "does not stop it, and your files are deleted from the job when it ends (a finished audit keeps its own copy).")

@@ -146,6 +146,7 @@ class AuditInfo:
     reference: str  # how the reference pool was chosen
     retraining: str | None = None  # how reference models of the user's architecture were trained, if they were
     onnx_max_difference: float | None = None  # converted ONNX model vs ONNX Runtime on the user's inputs
+    outputs: str = "logits"  # or "probabilities": the model ends in a softmax, and log p is read as its logits
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe({**self.__dict__, "bounds": list(self.bounds)})
@@ -157,7 +158,8 @@ class AuditInfo:
         return cls(model=d["model"], model_kind=d["model_kind"], data=d["data"],
                    bounds=(float(d["bounds"][0]), float(d["bounds"][1])), reference=d["reference"],
                    retraining=d.get("retraining"),
-                   onnx_max_difference=None if d.get("onnx_max_difference") is None else float(d["onnx_max_difference"]))
+                   onnx_max_difference=None if d.get("onnx_max_difference") is None else float(d["onnx_max_difference"]),
+                   outputs=d.get("outputs", "logits"))
 
 
 @dataclass(frozen=True)

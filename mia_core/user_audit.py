@@ -32,7 +32,10 @@ from .records import AuditInfo, TrainingRecord
 from .store import Store, atomic_folder, config_hash, discard_folder, folder_problem, read_json, write_json
 from .training import accuracy, save_checkpoint
 from .user_data import MIN_GROUP, PreparedData
-from .user_models import ModelError, OnnxModel, build_from_factory, check_classifier, load_onnx, state_digest
+from .user_models import (
+    ModelError, OnnxModel, ProbabilitiesAsLogits, as_logits, build_from_factory, check_classifier, load_onnx,
+    outputs_probabilities, state_digest,
+)
 
 @dataclass(frozen=True)
 class TrainingRecipe:
@@ -139,7 +142,7 @@ def audit(model: nn.Module, members, nonmembers, reference=None, *, bounds=(0.0,
           config: ExperimentConfig | None = None, store: Store | str | Path | None = None,
           progress: Progress | None = None, device: str = "auto",
           feature_names: tuple[str, ...] | None = None) -> RunResult:
-    """Audit a trained `model` (any nn.Module: [N, *shape] -> logits [N, C], eval mode, no side effects,
+    """Audit a trained `model` (any nn.Module: [N, *shape] -> logits [N, C] or probabilities, eval mode, no side effects,
     differentiable for the white-box attacks) on its `members` and `nonmembers` ((x, y) pairs, inputs in
     `bounds`). `reference` (x, y) is the attacker's pool (default: a seeded `reference_share` of the non-members).
     `model_factory` (a callable returning a fresh model, or 'package.module:function' called with
@@ -182,9 +185,9 @@ def audit_prepared(model: nn.Module, ds: Dataset, split: Split, reference_how: s
     recipe = recipe or (TrainingRecipe() if model_factory is not None else None)
     factory_name = (model_factory if isinstance(model_factory, str)
                     else getattr(model_factory, "__qualname__", repr(model_factory)) if model_factory else None)
-    ds, cfg, key, n_out = _audit_plan(model, ds, split, dev, model_digest=model_digest, short_name=short_name,
-                                      factory_name=factory_name, recipe=recipe, seed=seed, config=config,
-                                      device=device)
+    ds, cfg, key, n_out, model = _audit_plan(model, ds, split, dev, model_digest=model_digest,
+                                             short_name=short_name, factory_name=factory_name, recipe=recipe,
+                                             seed=seed, config=config, device=device)
     builder = None
     if isinstance(model_factory, str):
         build_from_factory(model_factory, ds.input_shape, n_out)  # refuse a bad factory before any work
@@ -193,10 +196,14 @@ def audit_prepared(model: nn.Module, ds: Dataset, split: Split, reference_how: s
         if not isinstance(model_factory(), nn.Module):
             raise ModelError("model_factory() must return a fresh torch.nn.Module.")
         builder = model_factory
+    if builder is not None and outputs_probabilities(builder().eval(), output_probe(ds, split)):
+        plain_builder = builder  # its copies train on log p, as the audited model is read
+        builder = lambda: ProbabilitiesAsLogits(plain_builder())  # noqa: E731
     info = AuditInfo(model=model_label, model_kind=model_kind, data=data_label, bounds=tuple(ds.bounds),
                      reference=reference_how,
                      retraining=None if builder is None else f"copies of {factory_name}, {recipe.describe()}",
-                     onnx_max_difference=None if onnx_model is None else onnx_model.max_abs_difference)
+                     onnx_max_difference=None if onnx_model is None else onnx_model.max_abs_difference,
+                     outputs="probabilities" if isinstance(model, ProbabilitiesAsLogits) else "logits")
     st = Store.resolve(store)
     run_dir, eval_dir = st.run_dir(key), st.eval_dir(key, cfg.eval_key())
     for folder in (run_dir, eval_dir):
@@ -218,12 +225,22 @@ def audit_prepared(model: nn.Module, ds: Dataset, split: Split, reference_how: s
     return _assemble(st, cfg, eval_dir, ds, model, split, reused)
 
 
+def output_probe(ds: Dataset, split: Split) -> torch.Tensor:
+    """The inputs on which a model's outputs are read as logits or probabilities: up to 32 members and 32
+    non-members, on the CPU."""
+    return torch.from_numpy(ds.x[np.concatenate([split.members[:32], split.nonmembers[:32]])])
+
+
 def _audit_plan(model: nn.Module, ds: Dataset, split: Split, dev: torch.device, *, model_digest: str,
                 short_name: str, factory_name: str | None, recipe: TrainingRecipe | None, seed: int,
-                config: ExperimentConfig | None, device: str) -> tuple[Dataset, ExperimentConfig, str, int]:
+                config: ExperimentConfig | None, device: str
+                ) -> tuple[Dataset, ExperimentConfig, str, int, nn.Module]:
     """What an audit computes and where the store keeps it: (the data, with as many classes as the model
-    outputs; the run's config; its key; the model's output count)."""
+    outputs; the run's config; its key; the model's output count; the model as the audit reads it, its
+    log-probabilities as logits where it outputs probabilities)."""
     n_out = check_classifier(model, torch.from_numpy(ds.x[split.members[:8]]).to(dev), ds.num_classes)
+    model = as_logits(model, output_probe(ds, split).to(dev))
+    probabilities = isinstance(model, ProbabilitiesAsLogits)
     if n_out > ds.num_classes:
         ds = Dataset(ds.name, ds.x, ds.y, n_out, ds.bounds, ds.feature_names, ds.feature_low, ds.feature_high,
                      ds.class_names)
@@ -240,8 +257,8 @@ def _audit_plan(model: nn.Module, ds: Dataset, split: Split, dev: torch.device, 
         "split": hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in split.to_arrays().values())
                                 ).hexdigest(),
         "model": model_digest, "factory": factory_name, "recipe": None if recipe is None else recipe.__dict__,
-        "seed": seed, "core": __version__})
-    return ds, cfg, key, n_out
+        "seed": seed, "core": __version__, **({"outputs": "probabilities"} if probabilities else {})})
+    return ds, cfg, key, n_out, model
 
 
 def train_user_model(factory: str, ds: Dataset, split: Split, recipe: TrainingRecipe, *, seed: int = 0,
@@ -251,7 +268,8 @@ def train_user_model(factory: str, ds: Dataset, split: Split, recipe: TrainingRe
 
     seed_everything(seed)
     dev = pick_device(device)
-    model = build_from_factory(factory, ds.input_shape, ds.num_classes).to(dev)
+    model = build_from_factory(factory, ds.input_shape, ds.num_classes)
+    model = as_logits(model.eval(), output_probe(ds, split)).to(dev)  # trained on log p if it ends in a softmax
     x = torch.from_numpy(ds.x[split.members]).to(dev)
     y = torch.from_numpy(ds.y[split.members]).to(dev)
     train(model, x, y, recipe.train_config(seed), progress=progress)
@@ -291,7 +309,8 @@ def reopen_audit(run_dir: Path, device) -> tuple[Dataset, Split, nn.Module | Non
         split = Split(members=z["members"], nonmembers=z["nonmembers"], reference=z["reference"])
     model = None
     if (run_dir / "model.onnx").is_file():
-        model = load_onnx(run_dir / "model.onnx", ds.x[split.members[:8]]).module.to(device).eval()
+        module = load_onnx(run_dir / "model.onnx", ds.x[split.members[:8]]).module.eval()
+        model = as_logits(module, output_probe(ds, split)).to(device).eval()  # as the audit read it
     return ds, split, model
 
 
@@ -350,10 +369,10 @@ def plan_upload_audit(upload: PreparedUpload, config: ExperimentConfig | None = 
     """The plan of this upload's audit with `config`'s evaluation: the page opens a stored run at once instead of
     starting a job, and estimates a new one's time from stored audits of the same data and model."""
     cfg = config or ExperimentConfig()
-    _, run_cfg, key, _ = _audit_plan(upload.model.module.cpu(), upload.data.dataset, upload.data.split,
-                                     torch.device("cpu"), model_digest=upload.model.digest,
-                                     short_name=Path(upload.request.model_name).stem, factory_name=None, recipe=None,
-                                     seed=cfg.seed, config=cfg, device=cfg.device)
+    _, run_cfg, key, _, _ = _audit_plan(upload.model.module.cpu(), upload.data.dataset, upload.data.split,
+                                        torch.device("cpu"), model_digest=upload.model.digest,
+                                        short_name=Path(upload.request.model_name).stem, factory_name=None,
+                                        recipe=None, seed=cfg.seed, config=cfg, device=cfg.device)
     return UploadAuditPlan(run_cfg, Store.intact_run_id(Store.resolve(store).eval_dir(key, run_cfg.eval_key())))
 
 

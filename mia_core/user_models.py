@@ -1,7 +1,8 @@
 """A user's own model: a Python factory they name, any nn.Module, or an ONNX file, checked before an audit.
 
 What an audited model must be: an `nn.Module` that maps a batch of inputs [N, *input_shape] to logits [N, C]
-(C at least the number of classes), in eval mode, without side effects between calls (no state that changes
+(C at least the number of classes; probabilities, from a softmax at its end, are read as log-probabilities), in
+eval mode, without side effects between calls (no state that changes
 with each forward), and differentiable in its inputs for the white-box searches (the label-only attacks only
 query labels). ONNX files are parsed as protocol buffers (never unpickled), converted to a differentiable torch
 module with onnx2torch, and accepted only when the converted module agrees with ONNX Runtime on the user's own
@@ -82,6 +83,38 @@ def check_classifier(model: nn.Module, x: torch.Tensor, num_classes: int) -> int
     if not torch.isfinite(out).all():
         raise ModelError("The model's outputs contain NaN or infinite values on the data.")
     return int(out.shape[1])
+
+
+class ProbabilitiesAsLogits(nn.Module):
+    """A classifier whose outputs are class probabilities (a softmax at its end, as Keras models and many ONNX
+    exports have), read as logits: log p, whose softmax is p again. The losses, confidences and likelihood ratios
+    the attacks compute are then the model's own (a softmax over probabilities would flatten them all towards
+    uniform), and its decision boundary, where two log-probabilities are equal, is the model's."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.model(x)
+        return torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))
+
+
+def outputs_probabilities(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether the model's outputs on `x` are probability vectors: every output in [0, 1] and every row summing
+    to 1 (within 1e-4). Log-softmax outputs are logits already (their softmax is the model's probabilities)."""
+    with torch.no_grad():
+        out = model(x).double()
+    return bool(out.ndim == 2 and out.shape[1] > 1 and ((out >= 0) & (out <= 1)).all()
+                and torch.allclose(out.sum(1), torch.ones_like(out[:, 0]), rtol=0.0, atol=1e-4))
+
+
+def as_logits(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """The model itself where it outputs logits on `x` (or is read as logits already); wrapped in
+    `ProbabilitiesAsLogits` where it outputs probabilities."""
+    if isinstance(model, ProbabilitiesAsLogits) or not outputs_probabilities(model, x):
+        return model
+    return ProbabilitiesAsLogits(model)
 
 
 def max_upload_bytes() -> int:

@@ -80,6 +80,9 @@ def audit_note(record: RunRecord) -> str | None:
              f"reference pool: {a.reference}",
              f"reference models: {a.retraining}" if a.retraining else
              "no reference models (no factory given: LiRA and RMIA are unavailable)"]
+    if a.outputs == "probabilities":
+        parts.append("your model outputs probabilities (a softmax at its end): their logarithm is read as its "
+                     "logits, so losses and confidences are its own")
     if a.onnx_max_difference is not None:
         parts.append(f"ONNX converted and checked against ONNX Runtime (largest difference "
                      f"{a.onnx_max_difference:.1e})")

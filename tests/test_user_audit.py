@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import mia_core
-from mia_core import TrainingRecipe
+from mia_core import TrainingRecipe, views
 from mia_core.config import ConfigError, ExperimentConfig
 from mia_core.data import DatasetError, load_dataset
 from mia_core.experiment import list_runs, load_run
@@ -102,6 +102,39 @@ def test_a_factory_and_a_recipe_train_reference_models_of_the_users_architecture
     assert rec.attacks["rmia_online"].auc > 0.55
     shadow_dirs = list(run.run_dir.glob("shadows-*/chunk-*"))
     assert shadow_dirs  # cached beside the audit, chunk by chunk
+
+
+def softmax_mlp_factory(input_shape, num_classes):
+    return nn.Sequential(residual_mlp_factory(input_shape, num_classes), nn.Softmax(dim=1))
+
+
+def test_a_model_that_outputs_probabilities_is_audited_on_its_own_losses(user_setup, tmp_path):
+    """A softmax at the end (Keras models, many ONNX exports): log p is read as the logits, so every score is the
+    one the same network gives without its softmax, and reference copies of it train on log p."""
+    net, members, nonmembers = user_setup
+    recipe = TrainingRecipe(epochs=30, optimizer="sgd", lr=0.05)
+    plain = mia_core.audit(net, members, nonmembers, bounds=(-2, 2), config=FAST, store=tmp_path / "a",
+                           model_factory="test_user_audit:residual_mlp_factory", recipe=recipe)
+    ending_in_softmax = nn.Sequential(net, nn.Softmax(dim=1)).eval()
+    run = mia_core.audit(ending_in_softmax, members, nonmembers, bounds=(-2, 2), config=FAST, store=tmp_path / "b",
+                         model_factory="test_user_audit:softmax_mlp_factory", recipe=recipe)
+    assert plain.record.audit.outputs == "logits" and run.record.audit.outputs == "probabilities"
+    assert "outputs probabilities" in views.audit_note(run.record)
+    for score in ("loss", "confidence", "entropy", "modified_entropy"):
+        for group in ("members", "nonmembers"):
+            np.testing.assert_allclose(run.scores(score, group), plain.scores(score, group), rtol=1e-4, atol=1e-5)
+        assert run.record.attacks[score].auc == pytest.approx(plain.record.attacks[score].auc, abs=1e-3)
+    # the boundary is the network's: the searches' examples flip it, at about the same distances
+    g = run.table["members"]
+    ok = np.isfinite(g.scores["distance_l2"]) & (g.scores["distance_l2"] > 0)
+    with torch.no_grad():
+        flipped = ending_in_softmax(torch.from_numpy(np.array(g.artifacts["x_adv_distance_l2"])[ok])).argmax(1)
+    assert (flipped.numpy() != g.label[ok]).all()
+    assert np.median(g.scores["distance_l2"][ok]) == pytest.approx(
+        np.median(plain.scores("distance_l2", "members")[ok]), rel=1e-3)
+    # reference copies of the softmax architecture trained on log p: LiRA as strong as with the plain factory
+    for attack in ("lira_online", "rmia_online"):
+        assert run.record.attacks[attack].auc == pytest.approx(plain.record.attacks[attack].auc, abs=0.01)
 
 
 def test_affine_user_model_in_a_wide_box_matches_the_closed_form(store):

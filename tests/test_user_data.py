@@ -262,6 +262,30 @@ def test_a_reshape_to_a_constant_shape_with_a_zero_keeps_allowzero():
     assert allowzero(converter_ready(graph([0, 4]))) == 1  # a 0 here means an empty dimension: kept
 
 
+def test_an_onnx_model_ending_in_a_softmax_is_audited_and_reopened_on_its_log_probabilities(tmp_path):
+    data = read_image_folder(_image_folder(tmp_path / "pets"))
+    ds = data.dataset
+    members = np.zeros(len(ds.y), dtype=bool)
+    members[::3] = True
+    prepared = prepare_user_data(data.__class__(ds, data.ids, members, data.source))
+    torch.manual_seed(0)
+    net = nn.Sequential(SmallConvNet(), nn.Softmax(dim=1)).eval()
+    blob = _onnx_bytes(net, torch.from_numpy(ds.x[:2]))
+    from mia_core.config import ExperimentConfig
+
+    cfg = ExperimentConfig(bootstrap_rounds=20, label_only_queries=150, reference_scored=60, distance_method="deepfool")
+    run = audit_onnx(blob, ds, prepared.split, prepared.reference, data_label=data.source, file_name="pets.onnx",
+                     config=cfg, store=tmp_path / "store")
+    assert run.record.audit.outputs == "probabilities"
+    x = torch.from_numpy(ds.x)
+    with torch.no_grad():
+        log_p = torch.log(net(x)).double().numpy()
+        g = run.table["members"]
+        np.testing.assert_allclose(run.scores("loss", "members"), log_p[g.index, g.label], atol=1e-4)  # log p_y
+        again = load_run(run.run_id, store=tmp_path / "store")  # reopened: read as the audit read it
+        np.testing.assert_allclose(again.model(x).numpy(), log_p, atol=1e-4)
+
+
 def test_bad_onnx_files_are_refused_and_nothing_is_stored(tmp_path, monkeypatch, snapshot):
     sample = np.random.default_rng(0).random((4, 3, 8, 8), dtype=np.float32)
     good = _onnx_bytes(SmallConvNet(), torch.from_numpy(sample[:2]))
