@@ -286,12 +286,19 @@ class PreparedData:
 
 def read_user_data(path: str | Path, *, label_column: str | None = None, id_column: str | None = None,
                    membership_column: str | None = None) -> UserData:
-    """A table (.csv, .tsv, .parquet), an image folder, or an .npz of arrays x and y (ids: row numbers)."""
+    """A table (.csv, .tsv, .parquet), an image folder or a .zip of one (as the app takes it: extracted, with
+    every path checked, into a temporary folder removed once read), or an .npz of arrays x and y (ids: row
+    numbers)."""
+    import tempfile
+
     from .data import load_npz_dataset
 
     path = Path(path)
     if path.is_dir():
         return read_image_folder(path)
+    if path.suffix.lower() == ".zip":
+        with tempfile.TemporaryDirectory(prefix="mia-images-") as work:
+            return read_image_zip(path.read_bytes(), work)
     if path.suffix.lower() == ".npz":
         ds = load_npz_dataset(path)
         return UserData(ds, np.array([str(i) for i in range(len(ds))]), None, f"arrays {path.name} ({len(ds)} rows)")

@@ -13,7 +13,7 @@ from mia_core.cli import main
 from mia_core.data import DatasetError, load_dataset
 from mia_core.experiment import list_runs, load_run
 from mia_core.user_audit import audit_onnx
-from mia_core.user_data import prepare_user_data, read_image_folder, read_table
+from mia_core.user_data import prepare_user_data, read_image_folder, read_table, read_user_data
 from mia_core.user_models import ModelError, converter_ready, load_onnx, onnx_digest
 
 FAST_FLAGS = ["--bootstrap", "20", "--label-only-queries", "150", "--reference-scored", "60", "--lira-shadows", "2",
@@ -129,6 +129,10 @@ def test_member_ids_of_a_zipped_image_folder_may_be_its_paths_inside_the_zip(tmp
             zf.write(f, f.relative_to(tmp_path).as_posix())
     data = read_upload(buf.getvalue(), "pets.zip", tmp_path / "work")
     assert data.ids[0] == "cat/00.png" and data.folder == "pets"
+    (tmp_path / "pets.zip").write_bytes(buf.getvalue())  # the command line reads the same .zip the same way
+    from_cli = read_user_data(tmp_path / "pets.zip")
+    assert from_cli.folder == "pets" and (from_cli.ids == data.ids).all()
+    np.testing.assert_array_equal(from_cli.dataset.x, data.dataset.x)
     written = ["path", "pets/cat/00.png", "pets\\dog\\03.png", "./eel/07.png", "cat/11.png"]
     for i in range(12, 22):
         written.append(f"pets/dog/{i:02d}.png")
