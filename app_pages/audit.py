@@ -5,7 +5,7 @@ import streamlit as st
 from dashboard import state
 from dashboard.forms import field_input
 from mia_core import views
-from mia_core.config import ExperimentConfig
+from mia_core.config import ExperimentConfig, TrainingRecipe
 from mia_core.jobs import Status
 from mia_core.user_audit import plan_upload_audit, prepare_upload
 from mia_core.user_data import likely_id_column, likely_label_column, upload_columns
@@ -19,9 +19,10 @@ st.caption(
     "Upload a trained classifier as **ONNX** and the data it was trained on, say who was in training, and get the "
     "same audit as a run trained here. The ONNX file is parsed as a protocol buffer, never unpickled, converted to "
     "torch with onnx2torch and refused unless it agrees with ONNX Runtime on your data; its outputs may be logits "
-    "or probabilities (a softmax at its end: their logarithm is read as logits). Reference-model attacks "
-    "(LiRA, RMIA) need your architecture's code: use `mia-core audit --model-factory` or `mia_core.audit(...)` "
-    f"for them. Uploads up to {max_upload_bytes() / 2**20:.0f} MB. The audit runs in the background: leaving the page "
+    "or probabilities (a softmax at its end: their logarithm is read as logits). The reference-model attacks "
+    "(LiRA, RMIA) need models of your architecture: train copies of your model's graph below, or give its code "
+    "from the command line (`--model-factory`) or `mia_core.audit(...)`. "
+    f"Uploads up to {max_upload_bytes() / 2**20:.0f} MB. The audit runs in the background: leaving the page "
     "does not stop it, and your files are deleted from the job when it ends (a finished audit keeps its own copy).")
 
 c1, c2 = st.columns(2)
@@ -64,17 +65,32 @@ with st.expander("Input box, reference pool and attack cost"):
             for col, name in zip((k1, k2, k3), ("label_only_queries", "reference_scored", "bootstrap_rounds"))}
     method = field_input(st, "distance_method", d.distance_method, key="audit_method")
 
+with st.expander("Reference models (LiRA, RMIA)"):
+    references = st.checkbox(
+        "train reference models: copies of your model's graph, re-initialized", key="audit_references",
+        help="Each copy trains on a random half of the members and non-members with the recipe below; it should "
+             "match how your model was trained. Exporters fold batch norms into convolutions and drop dropout, "
+             "so the copies train without them. Refused where the graph's weights are not in layers that can be "
+             "re-initialized (use --model-factory from the command line then).")
+    r = ExperimentConfig(epochs=30)
+    r1, r2, r3, r4, r5 = st.columns(5)
+    recipe_fields = {name: field_input(col, name, getattr(r, name), key=f"audit_recipe_{name}")
+                     for col, name in zip((r1, r2, r3, r4), ("epochs", "optimizer", "lr", "batch_size"))}
+    shadows = field_input(r5, "lira_shadows", FAST_PRESET["lira_shadows"] if fast else r.lira_shadows,
+                          key=f"audit_shadows_{fast}")
+
 if st.button("Audit", type="primary", key="audit_run", disabled=data is None or model is None):
     try:
         member_ids = (ids_file.getvalue().decode("utf-8", errors="replace").split() if ids_file is not None else None)
-        config = ExperimentConfig(distance_method=method, **cost)
+        config = ExperimentConfig(distance_method=method, **cost, **({"lira_shadows": shadows} if references else {}))
         config.validate()
+        recipe = TrainingRecipe(**recipe_fields) if references else None
         with st.spinner("Reading your files and checking the model on them…"):
             upload = prepare_upload(
                 data.getvalue(), data.name, model.getvalue(), model.name, label_column=label_column,
                 membership_column=None if membership_column in (None, NONE) else membership_column,
                 id_column=None if id_column in (None, NONE) else id_column, member_ids=member_ids,
-                bounds=(float(low), float(high)), reference_share=share, seed=config.seed)
+                bounds=(float(low), float(high)), reference_share=share, seed=config.seed, recipe=recipe)
         plan = plan_upload_audit(upload, config, state.store())
         if plan.stored_run_id is not None:
             state.set_current(plan.stored_run_id)  # audited before with these settings: it opens at once

@@ -132,6 +132,7 @@ def submit_audit(upload, config: ExperimentConfig, label: str, run_config: Exper
     """Start the audit of a checked upload (`user_audit.PreparedUpload`) in the background, and follow it: the
     sidebar shows its progress (and the time left, scaled from a stored audit of the same data and model: the
     plan's `run_config`), and its run becomes the current one when it is done."""
+    Limits.from_env().check_audit(run_config, trains_references=upload.request.recipe is not None)
     guess = views.estimate_seconds(run_config, [r.record for r in all_runs()]).seconds
     job = job_queue(str(store().root)).submit_audit(upload, config, label=label, estimate=guess)
     follow_job(job.id)

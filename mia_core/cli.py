@@ -204,6 +204,8 @@ def cmd_audit(a: argparse.Namespace) -> int:
                          "FILE, or trained here on the members with the recipe flags).")
     if a.weights and not a.model_factory:
         raise ValueError("--weights needs --model-factory (the architecture the weights belong to).")
+    if a.onnx_references and not a.onnx:
+        raise ValueError("--onnx-references needs --onnx (a factory's reference models are copies of it already).")
     base = config_from_args(a, ExperimentConfig())
     out = _check_out(a.out)
     data = read_user_data(a.data, label_column=a.label_column, id_column=a.id_column,
@@ -218,7 +220,8 @@ def cmd_audit(a: argparse.Namespace) -> int:
     common = dict(config=base, store=store, progress=progress, seed=base.seed, device=base.device)
     if a.onnx:
         result = audit_onnx(Path(a.onnx), ds, split, prepared.reference, data_label=prepared.source,
-                            file_name=Path(a.onnx).name, **common)
+                            file_name=Path(a.onnx).name,
+                            recipe=TrainingRecipe.of(base) if a.onnx_references else None, **common)
     else:
         recipe = TrainingRecipe.of(base)
         if a.weights:
@@ -379,8 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "column or a file of member ids; the model as an ONNX file, or as your architecture "
                     "(--model-factory) with --weights, or trained here on the members. With a factory, the "
                     "reference-model attacks (LiRA, RMIA) train copies with the recipe flags; with an ONNX file "
-                    "they are reported unavailable.")
-    aud.add_argument("--data", required=True, help="table, image folder or .npz")
+                    "they do with --onnx-references (copies of its graph, re-initialized), and are reported "
+                    "unavailable without it.")
+    aud.add_argument("--data", required=True, help="table, image folder, .zip of an image folder or .npz")
     aud.add_argument("--label-column", default=None, help="a table's class column")
     aud.add_argument("--membership-column", default=None, help="a table's column saying who was in training (1/0)")
     aud.add_argument("--id-column", default=None, help="a table's id column (member ids refer to it)")
@@ -391,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the attacker's reference pool, one id per line (default: a share of the non-members)")
     aud.add_argument("--reference-share", type=float, default=0.5, help="Default: %(default)s")
     aud.add_argument("--onnx", default=None, metavar="FILE", help="the model as an ONNX file")
+    aud.add_argument("--onnx-references", action="store_true",
+                     help="reference models for LiRA and RMIA: copies of the ONNX graph, re-initialized and trained "
+                          "with the recipe flags (--epochs --lr --optimizer --batch-size --weight-decay)")
     aud.add_argument("--model-factory", default=None, metavar="PKG.MODULE:FUNCTION",
                      help="your architecture: f(input_shape, num_classes) -> nn.Module (trusted local code)")
     aud.add_argument("--weights", default=None, metavar="FILE", help="its trained weights (.safetensors or .pt)")

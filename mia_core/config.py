@@ -338,3 +338,35 @@ TABLE_DEMO = ExperimentConfig(dataset="breast_cancer", members=100, epochs=300)
 100 patients for 300 epochs (see the README for what it leaks)."""
 """The embedded default: digits, a 2x256 MLP on 200 members for 60 epochs. Trains in seconds on 2 cores
 and visibly leaks (see the README for its measured AUCs)."""
+
+
+@dataclass(frozen=True)
+class TrainingRecipe:
+    """How to train copies of the user's architecture for the reference-model attacks (LiRA, RMIA)."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+
+    @classmethod
+    def of(cls, config: ExperimentConfig) -> "TrainingRecipe":
+        """The recipe a configuration's training fields give."""
+        return cls(config.epochs, config.batch_size, config.lr, config.weight_decay, config.optimizer)
+
+    def train_config(self, seed: int):
+        """The recipe as `training.TrainConfig` (what `train` and the shadow models run)."""
+        from .training import TrainConfig
+
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                           weight_decay=self.weight_decay, seed=seed, optimizer=self.optimizer)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainingRecipe":
+        return cls(int(values["epochs"]), int(values["batch_size"]), float(values["lr"]),
+                   float(values["weight_decay"]), str(values["optimizer"]))
+
+    def describe(self) -> str:
+        return (f"{self.epochs} epochs of {self.optimizer} (lr {self.lr:g}, batch {self.batch_size}, weight decay "
+                f"{self.weight_decay:g})")

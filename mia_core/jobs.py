@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .config import ExperimentConfig, Stage
+from .config import ExperimentConfig, Stage, TrainingRecipe
 from .store import (
     Store, StoreError, atomic_folder, config_hash, discard_folder, read_json, remove_stale_temporaries, write_json,
 )
@@ -62,15 +62,18 @@ class Status(str, enum.Enum):
 @dataclass(frozen=True)
 class AuditRequest:
     """What an audit job needs besides its evaluation config and its inputs (the checked data, split and ONNX
-    file): the names the run is labelled with."""
+    file): the names the run is labelled with, and how to train reference copies of the ONNX graph, if at all."""
 
     model_name: str  # the uploaded file's name
     data_label: str  # what was read, as the run's audit record says it
     reference: str  # how the reference pool was chosen
+    recipe: TrainingRecipe | None = None  # reference models (LiRA, RMIA): re-initialized copies trained with it
 
     @classmethod
     def from_dict(cls, values: dict) -> "AuditRequest":
-        return cls(str(values["model_name"]), str(values["data_label"]), str(values["reference"]))
+        recipe = values.get("recipe")
+        return cls(str(values["model_name"]), str(values["data_label"]), str(values["reference"]),
+                   None if recipe is None else TrainingRecipe.from_dict(recipe))
 
 
 @dataclass(frozen=True)

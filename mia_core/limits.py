@@ -12,6 +12,7 @@ is not limited. A configuration over a limit is refused before any work, naming 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -69,6 +70,13 @@ class Limits:
             out.append(f"{config.lira_shadows} shadow models is over this server's limit of {self.max_shadows} "
                        "(MIA_MAX_SHADOWS)")
         return out
+
+    def check_audit(self, config: ExperimentConfig, *, trains_references: bool) -> ExperimentConfig:
+        """`check` for the audit of a user's model (`config`: the config its run is stored under): its members,
+        and, where reference copies of it are trained, their epochs and count. The model allowlist names the
+        server's own architectures, so it does not apply."""
+        skip = {} if trains_references else {"max_epochs": None, "max_shadows": None}
+        return dataclasses.replace(self, models=None, **skip).check(config)
 
     def check(self, config: ExperimentConfig) -> ExperimentConfig:
         """Raise LimitError naming every limit `config` is over; return it when it may run."""

@@ -6,11 +6,13 @@ measured in that box. The run goes through the same evaluation pipeline as a tra
 store (the user's data and split beside it, so the dashboard opens it like any other run, shown as "your
 model"), and comes back as the same typed `RunResult`. Attacks that need reference models of the target's
 architecture (LiRA, RMIA, shadow-calibrated thresholds) run when a `model_factory` and a `TrainingRecipe` say
-how to train copies; with fixed weights alone they are marked unavailable with the reason.
+how to train copies (for an ONNX file, a recipe alone: copies of its graph, re-initialized); with fixed weights
+alone they are marked unavailable with the reason.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .config import AUDIT_DATA, AUDIT_MODEL, ExperimentConfig
+from .config import AUDIT_DATA, AUDIT_MODEL, ExperimentConfig, TrainingRecipe
 from .data import Dataset, DatasetError, Split, read_saved_dataset, save_dataset
 from .evaluation import EvaluationInputs, evaluate
 from .experiment import Progress, RunResult, _assemble
@@ -33,39 +35,15 @@ from .store import Store, atomic_folder, config_hash, discard_folder, folder_pro
 from .training import accuracy, save_checkpoint
 from .user_data import MIN_GROUP, PreparedData
 from .user_models import (
-    ModelError, OnnxModel, ProbabilitiesAsLogits, as_logits, build_from_factory, check_classifier, load_onnx,
-    outputs_probabilities, state_digest,
+    ModelError, OnnxModel, ProbabilitiesAsLogits, as_logits, build_from_factory, check_classifier, fresh_onnx_copy,
+    load_onnx, outputs_probabilities, state_digest,
 )
-
-@dataclass(frozen=True)
-class TrainingRecipe:
-    """How to train copies of the user's architecture for the reference-model attacks (LiRA, RMIA)."""
-
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    optimizer: str = "adam"
-
-    @classmethod
-    def of(cls, config: ExperimentConfig) -> "TrainingRecipe":
-        """The recipe a configuration's training fields give."""
-        return cls(config.epochs, config.batch_size, config.lr, config.weight_decay, config.optimizer)
-
-    def train_config(self, seed: int):
-        """The recipe as `training.TrainConfig` (what `train` and the shadow models run)."""
-        from .training import TrainConfig
-
-        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                           weight_decay=self.weight_decay, seed=seed, optimizer=self.optimizer)
-
-    def describe(self) -> str:
-        return (f"{self.epochs} epochs of {self.optimizer} (lr {self.lr:g}, batch {self.batch_size}, weight decay "
-                f"{self.weight_decay:g})")
-
 
 NO_FACTORY = ("needs reference models of the audited architecture: give a model factory and a training recipe "
               "(model_factory= in the API, --model-factory in the CLI)")
+NO_ONNX_COPIES = ("needs reference models of the audited architecture: train copies of the ONNX graph "
+                  "(--onnx-references in the CLI, 'train reference models' on the audit page) or give a model "
+                  "factory (--model-factory)")
 
 
 def _arrays(group: str, xy, bounds: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
@@ -158,17 +136,29 @@ def audit(model: nn.Module, members, nonmembers, reference=None, *, bounds=(0.0,
                           progress=progress, device=device, short_name=name)
 
 
+def onnx_copies(file_name: str) -> str:
+    """What reference copies of an uploaded ONNX graph are, as the run says it."""
+    return f"{file_name}'s graph, re-initialized (no dropout; batch norms folded as exported)"
+
+
 def audit_onnx(source: bytes | str | Path | OnnxModel, ds: Dataset, split: Split, reference_how: str, *,
                data_label: str, file_name: str = "model.onnx", config: ExperimentConfig | None = None,
                store: Store | str | Path | None = None, progress: Progress | None = None, seed: int = 0,
-               device: str = "auto") -> RunResult:
+               device: str = "auto", recipe: TrainingRecipe | None = None) -> RunResult:
     """Audit an ONNX model: converted and checked against ONNX Runtime on the data (`user_models.load_onnx`),
     then audited like any model (an `OnnxModel` already checked on this data is used as it is); the file is kept
-    with the run so the dashboard can reopen it."""
+    with the run so the dashboard can reopen it. With a `recipe`, LiRA and RMIA get reference models: copies of
+    the graph re-initialized layer by layer (`user_models.fresh_onnx_copy`) and trained with it."""
     onnx_model = (source if isinstance(source, OnnxModel)
                   else load_onnx(source, ds.x[split.members[:8]], num_classes=ds.num_classes))
+    factory = None
+    if recipe is not None:
+        fresh_onnx_copy(onnx_model.data)  # refuse a graph that cannot be re-initialized before any work
+        factory = functools.partial(fresh_onnx_copy, onnx_model.data)
     return audit_prepared(onnx_model.module, ds, split, reference_how, model_label=f"{file_name} (ONNX)",
                           model_kind="onnx", model_digest=onnx_model.digest, data_label=data_label,
+                          model_factory=factory, recipe=recipe, no_references=NO_ONNX_COPIES,
+                          factory_name=None if factory is None else onnx_copies(file_name),
                           onnx_model=onnx_model, seed=seed, config=config, store=store, progress=progress,
                           device=device, short_name=Path(file_name).stem)
 
@@ -178,13 +168,16 @@ def audit_prepared(model: nn.Module, ds: Dataset, split: Split, reference_how: s
                    model_factory: Callable[[], nn.Module] | str | None = None, recipe: TrainingRecipe | None = None,
                    onnx_model: OnnxModel | None = None, seed: int = 0, config: ExperimentConfig | None = None,
                    store: Store | str | Path | None = None, progress: Progress | None = None,
-                   device: str = "auto") -> RunResult:
-    """The audit itself, once the data, the split and the model are known (the API, the CLI and the app)."""
+                   device: str = "auto", factory_name: str | None = None, no_references: str = NO_FACTORY
+                   ) -> RunResult:
+    """The audit itself, once the data, the split and the model are known (the API, the CLI and the app).
+    `factory_name` says what the factory builds where its own name would not (default: its name)."""
     dev = pick_device(device)
     model = model.to(dev).eval()
     recipe = recipe or (TrainingRecipe() if model_factory is not None else None)
-    factory_name = (model_factory if isinstance(model_factory, str)
-                    else getattr(model_factory, "__qualname__", repr(model_factory)) if model_factory else None)
+    factory_name = factory_name or (
+        model_factory if isinstance(model_factory, str)
+        else getattr(model_factory, "__qualname__", repr(model_factory)) if model_factory else None)
     ds, cfg, key, n_out, model = _audit_plan(model, ds, split, dev, model_digest=model_digest,
                                              short_name=short_name, factory_name=factory_name, recipe=recipe,
                                              seed=seed, config=config, device=device)
@@ -217,7 +210,7 @@ def audit_prepared(model: nn.Module, ds: Dataset, split: Split, reference_how: s
     training = TrainingRecord.from_json(read_json(run_dir / "training.json"))
     if not reused:
         inputs = EvaluationInputs(cfg, ds, split, model, dev, progress=progress, stage_dir=run_dir,
-                                  shadow_builder=builder, shadows_unavailable=None if builder else NO_FACTORY,
+                                  shadow_builder=builder, shadows_unavailable=None if builder else no_references,
                                   audit=info)
         evaluate(inputs, training, st, key)
     if progress:
@@ -327,10 +320,12 @@ class PreparedUpload:
 def prepare_upload(data: bytes, data_name: str, model: bytes, model_name: str, *, label_column: str | None = None,
                    membership_column: str | None = None, id_column: str | None = None,
                    member_ids: list[str] | None = None, bounds: tuple[float, float] | None = None,
-                   reference_share: float = 0.5, seed: int = 0) -> PreparedUpload:
+                   reference_share: float = 0.5, seed: int = 0, recipe: TrainingRecipe | None = None
+                   ) -> PreparedUpload:
     """Read uploaded data (table, zip of an image folder, npz) in a private temporary folder that is removed
-    afterwards, split it by the membership it names, and check the ONNX model on it: every error a user can fix
-    is raised here, before any audit starts."""
+    afterwards, split it by the membership it names, and check the ONNX model on it (and, with a `recipe` for
+    reference copies, that its graph can be re-initialized): every error a user can fix is raised here, before
+    any audit starts."""
     import tempfile
 
     from .user_data import prepare_user_data, read_upload
@@ -343,7 +338,9 @@ def prepare_upload(data: bytes, data_name: str, model: bytes, model_name: str, *
     prepared = prepare_user_data(user, member_ids=member_ids, reference_share=reference_share, seed=seed)
     ds, split = prepared.dataset, prepared.split
     onnx_model = load_onnx(model, ds.x[split.members[:8]], num_classes=ds.num_classes)
-    return PreparedUpload(prepared, onnx_model, AuditRequest(model_name, prepared.source, prepared.reference))
+    if recipe is not None:
+        fresh_onnx_copy(onnx_model.data)
+    return PreparedUpload(prepared, onnx_model, AuditRequest(model_name, prepared.source, prepared.reference, recipe))
 
 
 def audit_prepared_upload(upload: PreparedUpload, config: ExperimentConfig | None = None, *,
@@ -352,7 +349,7 @@ def audit_prepared_upload(upload: PreparedUpload, config: ExperimentConfig | Non
     cfg = config or ExperimentConfig()
     return audit_onnx(upload.model, upload.data.dataset, upload.data.split, upload.request.reference,
                       data_label=upload.request.data_label, file_name=upload.request.model_name, config=cfg,
-                      store=store, progress=progress, seed=cfg.seed, device=cfg.device)
+                      store=store, progress=progress, seed=cfg.seed, device=cfg.device, recipe=upload.request.recipe)
 
 
 @dataclass(frozen=True)
@@ -368,11 +365,12 @@ def plan_upload_audit(upload: PreparedUpload, config: ExperimentConfig | None = 
                       store: Store | str | Path | None = None) -> UploadAuditPlan:
     """The plan of this upload's audit with `config`'s evaluation: the page opens a stored run at once instead of
     starting a job, and estimates a new one's time from stored audits of the same data and model."""
-    cfg = config or ExperimentConfig()
+    cfg, recipe = config or ExperimentConfig(), upload.request.recipe
     _, run_cfg, key, _, _ = _audit_plan(upload.model.module.cpu(), upload.data.dataset, upload.data.split,
                                         torch.device("cpu"), model_digest=upload.model.digest,
-                                        short_name=Path(upload.request.model_name).stem, factory_name=None,
-                                        recipe=None, seed=cfg.seed, config=cfg, device=cfg.device)
+                                        short_name=Path(upload.request.model_name).stem,
+                                        factory_name=onnx_copies(upload.request.model_name) if recipe else None,
+                                        recipe=recipe, seed=cfg.seed, config=cfg, device=cfg.device)
     return UploadAuditPlan(run_cfg, Store.intact_run_id(Store.resolve(store).eval_dir(key, run_cfg.eval_key())))
 
 
@@ -393,11 +391,12 @@ def audit_upload(data: bytes, data_name: str, model: bytes, model_name: str, *, 
                  membership_column: str | None = None, id_column: str | None = None,
                  member_ids: list[str] | None = None, bounds: tuple[float, float] | None = None,
                  reference_share: float = 0.5, config: ExperimentConfig | None = None,
-                 store: Store | str | Path | None = None, progress: Progress | None = None) -> RunResult:
+                 store: Store | str | Path | None = None, progress: Progress | None = None,
+                 recipe: TrainingRecipe | None = None) -> RunResult:
     """Audit uploaded data and an uploaded ONNX model in this process (`prepare_upload`, then the audit);
     nothing is stored unless the files are read and checked."""
     cfg = config or ExperimentConfig()
     upload = prepare_upload(data, data_name, model, model_name, label_column=label_column,
                             membership_column=membership_column, id_column=id_column, member_ids=member_ids,
-                            bounds=bounds, reference_share=reference_share, seed=cfg.seed)
+                            bounds=bounds, reference_share=reference_share, seed=cfg.seed, recipe=recipe)
     return audit_prepared_upload(upload, cfg, store=store, progress=progress)

@@ -12,6 +12,8 @@ imported or unpickled.
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import importlib
 import io
@@ -211,6 +213,65 @@ def _write_gelu_as_formula(graph) -> None:
     graph.node.extend(nodes)
 
 
+def _convert(proto) -> nn.Module:
+    """onnx2torch's conversion of the graph, or of `converter_ready(graph)` where it refuses the graph as written
+    (torch's default exporter: opset 18+); the first refusal is raised where both fail."""
+    from onnx2torch import convert
+
+    try:
+        return convert(proto)
+    except NotImplementedError as first:
+        try:
+            return convert(converter_ready(proto))
+        except Exception:
+            raise first from None
+
+
+@functools.lru_cache(maxsize=4)
+def _converted(data: bytes) -> nn.Module:
+    """The converted graph, kept per process; converting draws layers' initial weights, so it runs on a forked
+    random state: a copy's initialization depends on the caller's seed only, not on whether this was cached."""
+    import onnx
+
+    with torch.random.fork_rng(devices=[]):
+        return _convert(onnx.load_model_from_string(data))
+
+
+class OnnxGraphCopy(nn.Module):
+    """A copy of a converted ONNX graph under one class for every copy (a torch.fx GraphModule makes a class
+    per copy, and training copies stacked under vmap needs them to share one)."""
+
+    def __init__(self, graph: nn.Module):
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.graph(x)
+
+
+def fresh_onnx_copy(data: bytes) -> nn.Module:
+    """A fresh, untrained copy of an ONNX model's architecture, for the reference models of LiRA and RMIA: the
+    graph converted as `load_onnx` converts it, each layer re-initialized by its own `reset_parameters` (PyTorch's
+    default initialization for that layer). Exporters fold batch norms into convolutions and drop dropout, so
+    the copies train without them. Refused where weights sit outside such layers (a parameter no layer resets,
+    or a float initializer of two or more dimensions, such as MatMul's weights); constants of fewer dimensions
+    (a normalization's per-channel mean) are kept."""
+    module = copy.deepcopy(_converted(bytes(data))).train()
+    reset: set[int] = set()
+    for layer in module.modules():
+        if layer is not module and callable(getattr(layer, "reset_parameters", None)):
+            layer.reset_parameters()
+            reset.update(id(p) for p in layer.parameters(recurse=False))
+    stray = [n for n, p in module.named_parameters() if id(p) not in reset]
+    stray += [n for n, b in module.named_buffers() if b.is_floating_point() and b.ndim >= 2]
+    if stray:
+        raise ModelError(f"Reference models cannot be built from this ONNX graph: weights such as "
+                         f"{', '.join(stray[:3])} are not in layers that can be re-initialized (convolutions, "
+                         "linear layers, norms). Give the architecture's code instead (--model-factory, or "
+                         "model_factory= in the API).")
+    return OnnxGraphCopy(module)
+
+
 def load_onnx(source: bytes | str | Path, sample: np.ndarray, *, num_classes: int | None = None,
               atol: float = 1e-4, rtol: float = 1e-3) -> OnnxModel:
     """Parse an ONNX model (no pickle, no external data files), convert it with onnx2torch, and check the
@@ -218,7 +279,6 @@ def load_onnx(source: bytes | str | Path, sample: np.ndarray, *, num_classes: in
     atol + rtol * |runtime output| is refused with the numbers."""
     import onnx
     import onnxruntime
-    from onnx2torch import convert
 
     data = Path(source).read_bytes() if isinstance(source, (str, Path)) else bytes(source)
     limit = max_upload_bytes()
@@ -244,13 +304,7 @@ def load_onnx(source: bytes | str | Path, sample: np.ndarray, *, num_classes: in
         raise ModelError(f"The ONNX model takes {len(inputs)} inputs; a classifier takes one batch of inputs.")
     operators = tuple(sorted({n.op_type for n in proto.graph.node}))
     try:
-        try:
-            module = convert(proto)
-        except NotImplementedError as first:  # e.g. torch's default exporter: opset 18+, Reshape allowzero=1
-            try:
-                module = convert(converter_ready(proto))
-            except Exception:
-                raise first from None
+        module = _convert(proto)
     except NotImplementedError as err:
         raise ModelError(f"The ONNX model uses an operator the converter (onnx2torch) does not support: "
                          f"{str(err)[:300]}. Operators in the model: {', '.join(operators)}. Exporting it with "

@@ -348,6 +348,41 @@ def test_an_onnx_model_and_a_table_uploaded_in_the_app_are_audited(app, tmp_path
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and "upload" not in p.name} == before
 
 
+def test_an_uploaded_onnx_models_audit_trains_reference_copies_of_its_graph_within_the_limits(app, tmp_path,
+                                                                                                 monkeypatch):
+    """The audit page's 'Reference models' box: copies of the uploaded graph, re-initialized and trained with the
+    recipe given, make LiRA and RMIA available; the server's limits on epochs and shadow models apply to them."""
+    from user_files import onnx_for_table, patients_csv
+
+    csv = tmp_path / "patients.csv"
+    patients_csv(csv)
+    blob, _, _, _ = onnx_for_table(csv, epochs=100)
+    at = app("app_pages/audit.py")
+    at.file_uploader(key="audit_data").set_value(("patients.csv", csv.read_bytes(), "text/csv")).run()
+    at.file_uploader(key="audit_model").set_value(("clinic.onnx", blob, "application/octet-stream")).run()
+    at.selectbox(key="audit_label_column").set_value("diagnosis")
+    at.selectbox(key="audit_id_column").set_value("patient_id")
+    at.toggle(key="audit_fast").set_value(True).run()
+    at.checkbox(key="audit_references").check()
+    at.number_input(key="audit_recipe_epochs").set_value(20)
+    monkeypatch.setenv("MIA_MAX_SHADOWS", "2")  # the fast preset's 4 reference models are over it
+    at.button(key="audit_run").click().run()
+    assert "4 shadow models is over this server's limit of 2 (MIA_MAX_SHADOWS)" in at.error[0].value.replace("\\", "")
+    assert not list(tmp_path.glob("jobs/*"))
+    monkeypatch.delenv("MIA_MAX_SHADOWS")
+    at.button(key="audit_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    finish_jobs(at, tmp_path)
+    run = ex.list_runs(tmp_path)[0]
+    rec = run.record
+    assert rec.audit.retraining.startswith("copies of clinic.onnx's graph, re-initialized")
+    assert "20 epochs of adam" in rec.audit.retraining
+    assert rec.config.lira_shadows == 4 and rec.config.epochs == 20
+    for attack in ("lira_online", "rmia_online"):
+        assert rec.attacks[attack].defined and attack not in rec.unavailable
+    assert any("reference models: copies of clinic.onnx's graph" in c.value.replace("\\", "") for c in at.caption)
+
+
 def test_a_job_line_says_where_a_job_stands_and_what_can_be_opened(tmp_path):
     """The line a tab with no run open shows of a server's job, from a real job's state files."""
     from mia_core.jobs import JobFiles, Status

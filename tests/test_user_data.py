@@ -3,6 +3,7 @@
 import io
 import json
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -288,6 +289,73 @@ def test_an_onnx_model_ending_in_a_softmax_is_audited_and_reopened_on_its_log_pr
         np.testing.assert_allclose(run.scores("loss", "members"), log_p[g.index, g.label], atol=1e-4)  # log p_y
         again = load_run(run.run_id, store=tmp_path / "store")  # reopened: read as the audit read it
         np.testing.assert_allclose(again.model(x).numpy(), log_p, atol=1e-4)
+
+
+def test_reference_models_are_re_initialized_copies_of_the_onnx_graph(tmp_path):
+    """LiRA and RMIA for an ONNX model: its graph re-initialized layer by layer is the architecture itself (the
+    original's weights loaded into a copy give its outputs), starts from PyTorch's own initialization (the same
+    weights a fresh nn.Sequential of the same layers draws from the same seed), and an audit with it trains the same
+    reference models as an audit given the torch architecture as a factory: the same scores."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from user_files import onnx_for_table, patients_csv
+
+    from mia_core.config import ExperimentConfig, TrainingRecipe
+    from mia_core.user_audit import audit_prepared
+    from mia_core.user_data import prepare_user_data, read_table
+    from mia_core.user_models import fresh_onnx_copy
+
+    csv = tmp_path / "patients.csv"
+    patients_csv(csv)
+    blob, net, x, y = onnx_for_table(csv, epochs=100)
+    layers = lambda: nn.Sequential(nn.Linear(x.shape[1], 128), nn.ReLU(), nn.Linear(128, 2))  # noqa: E731
+    torch.manual_seed(3)
+    copy = fresh_onnx_copy(blob)
+    torch.manual_seed(3)
+    fresh = layers()
+    assert [p.detach().numpy().tolist() for p in copy.parameters()] == [p.detach().numpy().tolist()
+                                                                         for p in fresh.parameters()]
+    copy.load_state_dict(dict(zip(copy.state_dict(), net.state_dict().values())))
+    with torch.no_grad():
+        np.testing.assert_allclose(copy(torch.from_numpy(x)).numpy(), net(torch.from_numpy(x)).numpy(), atol=1e-5)
+
+    data = read_table(csv, label_column="diagnosis", membership_column="member", id_column="patient_id")
+    prepared = prepare_user_data(data)
+    cfg = ExperimentConfig(bootstrap_rounds=20, label_only_queries=100, reference_scored=60,
+                           distance_method="deepfool", lira_shadows=4,
+                           shadow_training="stacked")  # float32: a plain MLP's own fast path and vmap give one result
+    recipe = TrainingRecipe(epochs=20)
+    from_onnx = audit_onnx(blob, prepared.dataset, prepared.split, prepared.reference, data_label="patients",
+                           file_name="clinic.onnx", config=cfg, store=tmp_path / "a", recipe=recipe)
+    rec = from_onnx.record
+    assert rec.audit.retraining.startswith("copies of clinic.onnx's graph, re-initialized")
+    given = audit_prepared(net, prepared.dataset, prepared.split, prepared.reference, model_label="net",
+                           model_kind="module", model_digest="net", data_label="patients", short_name="net",
+                           model_factory=layers, recipe=recipe, config=cfg, store=tmp_path / "b")
+    for attack in ("lira_online", "lira_offline", "rmia_online", "rmia_offline"):
+        assert rec.attacks[attack].defined
+        np.testing.assert_allclose(from_onnx.scores(attack, "members"), given.scores(attack, "members"), atol=1e-3)
+        assert rec.attacks[attack].auc == pytest.approx(given.record.attacks[attack].auc, abs=2e-3)
+    # without a recipe the run says how to get them
+    plain = audit_onnx(blob, prepared.dataset, prepared.split, prepared.reference, data_label="patients",
+                       file_name="clinic.onnx", config=cfg, store=tmp_path / "a")
+    assert "--onnx-references" in plain.record.unavailable["lira_online"]
+
+
+def test_a_graph_with_weights_outside_resettable_layers_is_refused_for_reference_copies():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mia_core.user_models import fresh_onnx_copy
+
+    weight = numpy_helper.from_array(np.ones((4, 3), dtype=np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])], [weight])
+    blob = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    assert load_onnx(blob, np.ones((2, 4), dtype=np.float32), num_classes=3) is not None  # auditable as it is
+    with pytest.raises(ModelError, match="Reference models cannot be built from this ONNX graph.*--model-factory"):
+        fresh_onnx_copy(blob)
 
 
 def test_bad_onnx_files_are_refused_and_nothing_is_stored(tmp_path, monkeypatch, snapshot):
