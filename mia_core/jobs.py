@@ -118,13 +118,15 @@ class Job:
     @property
     def stage_remaining(self) -> float | None:
         """Seconds left in the current stage, extrapolated from its fraction done at its last report (stages
-        report their own 0-1 fraction); None before 2% of a stage, or while no stage is running."""
+        report their own 0-1 fraction); None before 2% of a stage, once the extrapolated time has run out (the
+        stage reports coarsely, or is slower than it was), or while no stage is running."""
         if self.status is not Status.RUNNING or self.stage_started is None or self.updated is None:
             return None
         if not 0.02 <= self.fraction < 1.0:
             return None
         spent = max(self.updated - self.stage_started, 0.0)
-        return max(spent * (1.0 - self.fraction) / self.fraction - (time.time() - self.updated), 0.0)
+        left = spent * (1.0 - self.fraction) / self.fraction - (time.time() - self.updated)
+        return left if left > 0 else None
 
 
 def job_id(config: ExperimentConfig) -> str:

@@ -68,15 +68,15 @@ def test_cancel_stops_the_worker_and_leaves_no_partial_run(tmp_path):
 
 def test_a_job_without_an_estimate_tells_its_current_stages_time_left(tmp_path):
     queue = JobQueue(tmp_path, max_jobs=1)
-    job = queue.submit(SLOW, label="slow")  # no stored run to estimate from
+    job = queue.submit(SLOW.replace(epochs=3000), label="slow")  # no stored run to estimate from; seconds of training
     deadline = time.monotonic() + 180
-    while (running := queue.get(job.id)).stage_remaining is None:  # a stage 2% done or more
+    while (running := queue.get(job.id)).stage_remaining is None or running.stage_remaining < 1:  # a stage under way
         assert running.status.active and time.monotonic() < deadline, running
         time.sleep(0.05)
     assert running.remaining is None and running.stage_started <= running.updated
     spent = running.updated - running.stage_started
     expected = spent * (1 - running.fraction) / running.fraction - (time.time() - running.updated)
-    assert abs(running.stage_remaining - max(expected, 0.0)) < 0.5
+    assert expected > 0 and abs(running.stage_remaining - expected) < 0.5
     assert views.time_left(running).startswith("unknown (this stage: about ")
     queue.cancel(job.id)
     assert views.time_left(queue.get(job.id)) == ""
@@ -91,6 +91,9 @@ def test_a_job_past_its_estimate_says_so_instead_of_a_second_left():
     within = Job(id="j", config=config, label="", submitted=now - 5, status=Status.RUNNING, started=now - 5,
                  estimate=125.0)
     assert views.time_left(within) == "about 2 min" and within.stage_remaining is None
+    overdue = Job(id="j", config=config, label="", submitted=now - 30, status=Status.RUNNING, started=now - 30,
+                  stage="training", fraction=0.5, stage_started=now - 20, updated=now - 15)  # 10 s at 50%, 15 s ago
+    assert overdue.stage_remaining is None and views.time_left(overdue) == "unknown"
 
 
 def test_a_killed_worker_fails_the_job_and_a_resubmission_resumes_from_the_stored_stages(tmp_path):
