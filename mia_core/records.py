@@ -158,7 +158,8 @@ class AuditInfo:
         return cls(model=d["model"], model_kind=d["model_kind"], data=d["data"],
                    bounds=(float(d["bounds"][0]), float(d["bounds"][1])), reference=d["reference"],
                    retraining=d.get("retraining"),
-                   onnx_max_difference=None if d.get("onnx_max_difference") is None else float(d["onnx_max_difference"]),
+                   onnx_max_difference=(None if d.get("onnx_max_difference") is None
+                                        else float(d["onnx_max_difference"])),
                    outputs=d.get("outputs", "logits"))
 
 

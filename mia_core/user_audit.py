@@ -120,8 +120,8 @@ def audit(model: nn.Module, members, nonmembers, reference=None, *, bounds=(0.0,
           config: ExperimentConfig | None = None, store: Store | str | Path | None = None,
           progress: Progress | None = None, device: str = "auto",
           feature_names: tuple[str, ...] | None = None) -> RunResult:
-    """Audit a trained `model` (any nn.Module: [N, *shape] -> logits [N, C] or probabilities, eval mode, no side effects,
-    differentiable for the white-box attacks) on its `members` and `nonmembers` ((x, y) pairs, inputs in
+    """Audit a trained `model` (any nn.Module: [N, *shape] -> logits [N, C] or probabilities, eval mode, no side
+    effects, differentiable for the white-box attacks) on its `members` and `nonmembers` ((x, y) pairs, inputs in
     `bounds`). `reference` (x, y) is the attacker's pool (default: a seeded `reference_share` of the non-members).
     `model_factory` (a callable returning a fresh model, or 'package.module:function' called with
     (input_shape, num_classes)) and `recipe` let the reference-model attacks train copies of the architecture.

@@ -170,13 +170,18 @@ def _onnx_bytes(model, example):
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("exporter", ["legacy", "default"])  # TorchScript-based (opset 17), torch.export-based (18+)
-def test_an_onnx_model_is_converted_checked_and_audited_like_the_original(tmp_path, exporter):
+def _pets_with_every_third_a_member(tmp_path):
+    """The generated pets folder read as an image folder, every third image a member: (data, dataset, split)."""
     data = read_image_folder(_image_folder(tmp_path / "pets"))
     ds = data.dataset
     members = np.zeros(len(ds.y), dtype=bool)
     members[::3] = True
-    prepared = prepare_user_data(data.__class__(ds, data.ids, members, data.source))
+    return data, ds, prepare_user_data(data.__class__(ds, data.ids, members, data.source))
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "default"])  # TorchScript-based (opset 17), torch.export-based (18+)
+def test_an_onnx_model_is_converted_checked_and_audited_like_the_original(tmp_path, exporter):
+    data, ds, prepared = _pets_with_every_third_a_member(tmp_path)
     torch.manual_seed(0)
     net = SmallConvNet()
     opt = torch.optim.Adam(net.parameters(), 1e-2)
@@ -268,11 +273,7 @@ def test_a_reshape_to_a_constant_shape_with_a_zero_keeps_allowzero():
 
 
 def test_an_onnx_model_ending_in_a_softmax_is_audited_and_reopened_on_its_log_probabilities(tmp_path):
-    data = read_image_folder(_image_folder(tmp_path / "pets"))
-    ds = data.dataset
-    members = np.zeros(len(ds.y), dtype=bool)
-    members[::3] = True
-    prepared = prepare_user_data(data.__class__(ds, data.ids, members, data.source))
+    data, ds, prepared = _pets_with_every_third_a_member(tmp_path)
     torch.manual_seed(0)
     net = nn.Sequential(SmallConvNet(), nn.Softmax(dim=1)).eval()
     blob = _onnx_bytes(net, torch.from_numpy(ds.x[:2]))
