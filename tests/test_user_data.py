@@ -185,6 +185,7 @@ def test_an_onnx_model_is_converted_checked_and_audited_like_the_original(tmp_pa
     torch.manual_seed(0)
     net = SmallConvNet()
     opt = torch.optim.Adam(net.parameters(), 1e-2)
+    members = prepared.split.members
     xm, ym = torch.from_numpy(ds.x[members]), torch.from_numpy(ds.y[members])
     for _ in range(60):
         opt.zero_grad()
