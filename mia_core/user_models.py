@@ -254,8 +254,8 @@ def fresh_onnx_copy(data: bytes) -> nn.Module:
     graph converted as `load_onnx` converts it, each layer re-initialized by its own `reset_parameters` (PyTorch's
     default initialization for that layer). Exporters fold batch norms into convolutions and drop dropout, so
     the copies train without them. Refused where weights sit outside such layers (a parameter no layer resets,
-    or a float initializer of two or more dimensions, such as MatMul's weights); constants of fewer dimensions
-    (a normalization's per-channel mean) are kept."""
+    or a float initializer with two or more dimensions above 1, such as MatMul's weights); constants along one
+    dimension (a normalization's per-channel mean, shaped [1, C, 1, 1]) are kept as exported."""
     module = copy.deepcopy(_converted(bytes(data))).train()
     reset: set[int] = set()
     for layer in module.modules():
@@ -263,7 +263,7 @@ def fresh_onnx_copy(data: bytes) -> nn.Module:
             layer.reset_parameters()
             reset.update(id(p) for p in layer.parameters(recurse=False))
     stray = [n for n, p in module.named_parameters() if id(p) not in reset]
-    stray += [n for n, b in module.named_buffers() if b.is_floating_point() and b.ndim >= 2]
+    stray += [n for n, b in module.named_buffers() if b.is_floating_point() and sum(d > 1 for d in b.shape) >= 2]
     if stray:
         raise ModelError(f"Reference models cannot be built from this ONNX graph: weights such as "
                          f"{', '.join(stray[:3])} are not in layers that can be re-initialized (convolutions, "

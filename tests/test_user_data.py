@@ -359,6 +359,19 @@ def test_a_graph_with_weights_outside_resettable_layers_is_refused_for_reference
     with pytest.raises(ModelError, match="Reference models cannot be built from this ONNX graph.*--model-factory"):
         fresh_onnx_copy(blob)
 
+    class Standardized(nn.Module):  # a normalization inside the model: constants along one dimension, kept
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("mean", torch.full((1, 3, 1, 1), 0.5))
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.head = nn.Linear(4 * 6 * 6, 3)
+
+        def forward(self, x):
+            return self.head(self.conv(x - self.mean).flatten(1))
+
+    copy = fresh_onnx_copy(_onnx_bytes(Standardized(), torch.rand(2, 3, 8, 8)))
+    assert any(b.shape == (1, 3, 1, 1) and (b == 0.5).all() for b in copy.buffers())
+
 
 def test_bad_onnx_files_are_refused_and_nothing_is_stored(tmp_path, monkeypatch, snapshot):
     sample = np.random.default_rng(0).random((4, 3, 8, 8), dtype=np.float32)
