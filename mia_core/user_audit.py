@@ -154,8 +154,9 @@ def audit_onnx(source: bytes | str | Path | OnnxModel, ds: Dataset, split: Split
     factory = None
     if recipe is not None:
         fresh_onnx_copy(onnx_model.data)  # refuse a graph that cannot be re-initialized before any work
-        factory = functools.partial(fresh_onnx_copy, onnx_model.data)
-    return audit_prepared(onnx_model.module, ds, split, reference_how, model_label=f"{file_name} (ONNX)",
+        factory = functools.partial(fresh_onnx_copy, onnx_model.data, onnx_model.channels_last)
+    layout = ", images given as [N, H, W, C]" if onnx_model.channels_last else ""
+    return audit_prepared(onnx_model.module, ds, split, reference_how, model_label=f"{file_name} (ONNX{layout})",
                           model_kind="onnx", model_digest=onnx_model.digest, data_label=data_label,
                           model_factory=factory, recipe=recipe, no_references=NO_ONNX_COPIES,
                           factory_name=None if factory is None else onnx_copies(file_name),

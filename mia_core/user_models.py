@@ -135,6 +135,30 @@ class OnnxModel:
     data: bytes
     max_abs_difference: float
     operators: tuple[str, ...]
+    channels_last: bool = False  # the graph takes images as [N, H, W, C] (Keras, tf2onnx): `module` takes [N, C, H, W]
+
+
+class ChannelsLastInput(nn.Module):
+    """A model that takes images as [N, H, W, C], given the product's [N, C, H, W]: a permutation of the input's
+    coordinates, so every distance is the same in either layout."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.permute(0, 2, 3, 1))
+
+
+def takes_channels_last(declared: list[int | None], sample_shape: tuple[int, ...]) -> bool:
+    """Whether a graph whose input declares `declared` (None: a free dimension) takes the sample's images
+    [N, C, H, W] as [N, H, W, C]: its channel dimension is declared last and matches, every declared size fits
+    that layout, and the declaration does not also fit [N, C, H, W]."""
+    if len(declared) != 4 or len(sample_shape) != 4:
+        return False
+    _, c, h, w = sample_shape
+    fits = lambda want: all(d is None or d == v for d, v in zip(declared[1:], want))  # noqa: E731
+    return declared[3] == c and fits((h, w, c)) and not fits((c, h, w))
 
 
 def onnx_digest(data: bytes) -> str:
@@ -239,17 +263,18 @@ def _converted(data: bytes) -> nn.Module:
 
 class OnnxGraphCopy(nn.Module):
     """A copy of a converted ONNX graph under one class for every copy (a torch.fx GraphModule makes a class
-    per copy, and training copies stacked under vmap needs them to share one)."""
+    per copy, and training copies stacked under vmap needs them to share one); given [N, C, H, W] images, it
+    passes them as [N, H, W, C] to a graph that takes that layout."""
 
-    def __init__(self, graph: nn.Module):
+    def __init__(self, graph: nn.Module, channels_last: bool = False):
         super().__init__()
-        self.graph = graph
+        self.graph, self.channels_last = graph, channels_last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.graph(x)
+        return self.graph(x.permute(0, 2, 3, 1) if self.channels_last else x)
 
 
-def fresh_onnx_copy(data: bytes) -> nn.Module:
+def fresh_onnx_copy(data: bytes, channels_last: bool = False) -> nn.Module:
     """A fresh, untrained copy of an ONNX model's architecture, for the reference models of LiRA and RMIA: the
     graph converted as `load_onnx` converts it, each layer re-initialized by its own `reset_parameters` (PyTorch's
     default initialization for that layer). Exporters fold batch norms into convolutions and drop dropout, so
@@ -269,7 +294,7 @@ def fresh_onnx_copy(data: bytes) -> nn.Module:
                          f"{', '.join(stray[:3])} are not in layers that can be re-initialized (convolutions, "
                          "linear layers, norms). Give the architecture's code instead (--model-factory, or "
                          "model_factory= in the API).")
-    return OnnxGraphCopy(module)
+    return OnnxGraphCopy(module, channels_last)
 
 
 def load_onnx(source: bytes | str | Path, sample: np.ndarray, *, num_classes: int | None = None,
@@ -314,9 +339,14 @@ def load_onnx(source: bytes | str | Path, sample: np.ndarray, *, num_classes: in
                          f"{str(err)[:300]}).") from None
     module.eval()
     sample = np.ascontiguousarray(sample[: min(len(sample), 8)], dtype=np.float32)
+    declared = [d.dim_value or None for d in inputs[0].type.tensor_type.shape.dim]
+    channels_last = takes_channels_last(declared, sample.shape)
+    if channels_last:
+        module = ChannelsLastInput(module).eval()
     try:
         session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
-        expected = session.run(None, {inputs[0].name: sample})[0]
+        fed = np.ascontiguousarray(sample.transpose(0, 2, 3, 1)) if channels_last else sample
+        expected = session.run(None, {inputs[0].name: fed})[0]
     except Exception as err:
         dims = [d.dim_value or d.dim_param or "?" for d in inputs[0].type.tensor_type.shape.dim]
         raise ModelError(f"ONNX Runtime cannot run the model on inputs of shape {list(sample.shape)} (the model "
@@ -333,7 +363,7 @@ def load_onnx(source: bytes | str | Path, sample: np.ndarray, *, num_classes: in
         raise ModelError(f"The converted model disagrees with ONNX Runtime: largest difference "
                          f"{float(diff.max()):.3g} on outputs of size up to {float(np.abs(expected).max()):.3g} "
                          f"(allowed {atol:g} + {rtol:g} x |output|); it is refused rather than audited wrongly.")
-    return OnnxModel(module, onnx_digest(data), data, float(diff.max()), operators)
+    return OnnxModel(module, onnx_digest(data), data, float(diff.max()), operators, channels_last)
 
 
 def state_digest(model: nn.Module) -> str:

@@ -345,6 +345,50 @@ def test_reference_models_are_re_initialized_copies_of_the_onnx_graph(tmp_path):
     assert "--onnx-references" in plain.record.unavailable["lira_online"]
 
 
+class ChannelsLastNet(nn.Module):
+    """A Keras-style model (as tf2onnx writes it): images come in as [N, H, W, C]."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = SmallConvNet()
+
+    def forward(self, x):
+        return self.body(x.permute(0, 3, 1, 2))
+
+
+def test_an_onnx_model_that_takes_channels_last_images_is_given_them_so(tmp_path):
+    """The data is read as [N, C, H, W]; a graph that declares [N, H, W, C] gets its images permuted (the same
+    distances: a permutation of coordinates), is checked against ONNX Runtime in its own layout, and its
+    reference copies take the same layout."""
+    from mia_core.config import ExperimentConfig, TrainingRecipe
+    from mia_core.user_models import fresh_onnx_copy, takes_channels_last
+
+    data, ds, prepared = _pets_with_every_third_a_member(tmp_path)
+    torch.manual_seed(0)
+    net = ChannelsLastNet().eval()
+    blob = _onnx_bytes(net, torch.from_numpy(ds.x[:2]).permute(0, 2, 3, 1))
+    converted = load_onnx(blob, ds.x[:8], num_classes=3)
+    assert converted.channels_last and converted.max_abs_difference < 1e-4
+    nhwc = torch.from_numpy(ds.x).permute(0, 2, 3, 1)
+    with torch.no_grad():
+        np.testing.assert_allclose(converted.module(torch.from_numpy(ds.x)).numpy(), net(nhwc).numpy(), atol=1e-5)
+    cfg = ExperimentConfig(bootstrap_rounds=20, label_only_queries=100, reference_scored=60,
+                           distance_method="deepfool", lira_shadows=2)
+    run = audit_onnx(blob, ds, prepared.split, prepared.reference, data_label=data.source, file_name="keras.onnx",
+                     config=cfg, store=tmp_path / "store", recipe=TrainingRecipe(epochs=5))
+    assert run.record.audit.model == "keras.onnx (ONNX, images given as [N, H, W, C])"
+    assert run.record.attacks["lira_online"].defined
+    g = run.table["members"]
+    with torch.no_grad():
+        logp = torch.log_softmax(net(nhwc[g.index]).double(), 1).numpy()
+    np.testing.assert_allclose(g.scores["loss"], logp[np.arange(len(g.index)), g.label], atol=1e-4)
+    assert fresh_onnx_copy(blob, True)(torch.from_numpy(ds.x[:4])).shape == (4, 3)
+    # the layout is told by the declared sizes; a square image with as many channels as pixels a side is not
+    assert not takes_channels_last([None, 3, 8, 8], (4, 3, 8, 8)) and takes_channels_last([None, 8, 8, 3], (4, 3, 8, 8))
+    assert not takes_channels_last([None, 3, 3, 3], (4, 3, 3, 3)) and not takes_channels_last([None, None, None, None],
+                                                                                              (4, 3, 8, 8))
+
+
 def test_a_graph_with_weights_outside_resettable_layers_is_refused_for_reference_copies():
     from onnx import TensorProto, helper, numpy_helper
 
