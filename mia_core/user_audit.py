@@ -151,10 +151,7 @@ def audit_onnx(source: bytes | str | Path | OnnxModel, ds: Dataset, split: Split
     the graph re-initialized layer by layer (`user_models.fresh_onnx_copy`) and trained with it."""
     onnx_model = (source if isinstance(source, OnnxModel)
                   else load_onnx(source, ds.x[split.members[:8]], num_classes=ds.num_classes))
-    factory = None
-    if recipe is not None:
-        fresh_onnx_copy(onnx_model.data)  # refuse a graph that cannot be re-initialized before any work
-        factory = functools.partial(fresh_onnx_copy, onnx_model.data, onnx_model.channels_last)
+    factory = None if recipe is None else functools.partial(fresh_onnx_copy, onnx_model.data, onnx_model.channels_last)
     layout = ", images given as [N, H, W, C]" if onnx_model.channels_last else ""
     return audit_prepared(onnx_model.module, ds, split, reference_how, model_label=f"{file_name} (ONNX{layout})",
                           model_kind="onnx", model_digest=onnx_model.digest, data_label=data_label,
@@ -183,16 +180,15 @@ def audit_prepared(model: nn.Module, ds: Dataset, split: Split, reference_how: s
                                              short_name=short_name, factory_name=factory_name, recipe=recipe,
                                              seed=seed, config=config, device=device)
     builder = None
-    if isinstance(model_factory, str):
-        build_from_factory(model_factory, ds.input_shape, n_out)  # refuse a bad factory before any work
-        builder = lambda: build_from_factory(model_factory, ds.input_shape, n_out)  # noqa: E731
-    elif model_factory is not None:
-        if not isinstance(model_factory(), nn.Module):
+    if model_factory is not None:
+        builder = ((lambda: build_from_factory(model_factory, ds.input_shape, n_out))  # noqa: E731
+                   if isinstance(model_factory, str) else model_factory)
+        fresh = builder()  # one copy, built once: a bad factory is refused before any work
+        if not isinstance(fresh, nn.Module):
             raise ModelError("model_factory() must return a fresh torch.nn.Module.")
-        builder = model_factory
-    if builder is not None and outputs_probabilities(builder().eval(), output_probe(ds, split)):
-        plain_builder = builder  # its copies train on log p, as the audited model is read
-        builder = lambda: ProbabilitiesAsLogits(plain_builder())  # noqa: E731
+        if outputs_probabilities(fresh.eval(), output_probe(ds, split)):
+            plain_builder = builder  # its copies train on log p, as the audited model is read
+            builder = lambda: ProbabilitiesAsLogits(plain_builder())  # noqa: E731
     info = AuditInfo(model=model_label, model_kind=model_kind, data=data_label, bounds=tuple(ds.bounds),
                      reference=reference_how,
                      retraining=None if builder is None else f"copies of {factory_name}, {recipe.describe()}",
