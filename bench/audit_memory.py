@@ -3,6 +3,13 @@ Run by hand (minutes to an hour, by the flags):
 
     .venv/bin/python bench/audit_memory.py --dataset mnist5k --model cnn --members 2000 [--epochs 20] [--queries 400]
         [--shadows 16]
+    .venv/bin/python bench/audit_memory.py --synthetic-images 12000 --model mlp --members 5000 --epochs 5 \
+        --queries 20 --shadows 2
+
+`--synthetic-images N` audits N synthetic, class-structured 3x32x32 images (bench/gpu_audit.py's, written to a
+temporary .npz) instead of `--dataset`: a data set large enough for the part of the memory that grows with it
+(the groups' inputs, their adversarial examples, the label-only searches' points) to show beside the fixed part
+(torch's working set, a batch's activations).
 
 Two fresh processes are measured (peak resident set, `getrusage`, and the peak of its anonymous part, sampled
 every 20 ms): a baseline that imports the core, loads the data set and runs the model once (what every process
@@ -21,6 +28,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.memory import peak_mb  # noqa: E402
@@ -98,13 +107,25 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(*sys.argv[2:5])
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "--synthetic":
+        from bench.gpu_audit import synthetic_cifar
+
+        x, y = synthetic_cifar(int(sys.argv[2]))
+        np.savez(sys.argv[3], x=x, y=y)
+        return
     ap = run_parser(__doc__)
     ap.add_argument("--queries", type=int, default=None, help="label-only queries (default: the default run's)")
     ap.add_argument("--shadows", type=int, default=None, help="shadow models (default: the default run's)")
+    ap.add_argument("--synthetic-images", type=int, default=None, metavar="N",
+                    help="audit N synthetic 3x32x32 images instead of --dataset")
     a = ap.parse_args()
     extra = {k: v for k, v in (("label_only_queries", a.queries), ("lira_shadows", a.shadows)) if v is not None}
-    cfg = run_config(a, **extra)
     with tempfile.TemporaryDirectory() as store:
+        if a.synthetic_images:  # made in a process of its own: a child's peak RSS starts at its parent's
+            path = Path(store) / "synthetic.npz"
+            subprocess.run([sys.executable, __file__, "--synthetic", str(a.synthetic_images), str(path)], check=True)
+            a.dataset = f"npz:{path}"
+        cfg = run_config(a, **extra)
         base = measure("baseline", cfg, store)
         audit = measure("audit", cfg, store)
         scores = stored_array_bytes(Path(audit["eval_dir"]))

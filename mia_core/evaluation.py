@@ -258,18 +258,25 @@ def _read_label_only(folder: Path) -> LabelOnlyResult | None:
 
 
 def _read_perturbation(folder: Path, norm: float, method: str, x: torch.Tensor) -> Perturbation | None:
-    """A stored white-box distance stage for the samples `x`, or None if missing, damaged or not theirs."""
+    """A stored white-box distance stage for the samples `x`, or None if missing, damaged or not theirs; its
+    adversarial examples are mapped from the stage's file, not read into memory."""
     if not folder.is_dir() or folder_problem(folder) is not None:
         return None
     try:
         with np.load(folder / "distances.npz", allow_pickle=False) as z:
             arrays = {k: z[k] for k in ("norms", "success", "labels", "adv_labels")}
-        x_adv = np.load(folder / "x_adv.npy", allow_pickle=False)
+        x_adv = _stored_x_adv(folder)
     except (OSError, ValueError, KeyError):
         return None
     if x_adv.shape != tuple(x.shape) or arrays["norms"].shape != (len(x),):
         return None
-    return Perturbation(x_adv=torch.from_numpy(x_adv).to(x.device), norm=norm, method=method, **arrays)
+    return Perturbation(x_adv=x_adv, norm=norm, method=method, **arrays)
+
+
+def _stored_x_adv(folder: Path) -> torch.Tensor:
+    """A distance stage's adversarial examples as a tensor over a private (copy-on-write) map of its file: pages
+    are read as they are used and never written back."""
+    return torch.from_numpy(np.load(folder / "x_adv.npy", mmap_mode="c", allow_pickle=False))
 
 
 def _mapped(folder: Path | None, p: Perturbation) -> np.ndarray:
@@ -330,17 +337,24 @@ class GroupScoring:
             method = self.config.distance_method
             p = _read_perturbation(folder, norm, method, self.x) if folder is not None else None
             if p is None:
-                p = minimal_perturbation(self.model, self.x, norm=norm, labels=torch.as_tensor(self.y),
-                                         method=method, steps=self.config.distance_steps,
-                                         progress=self._progress if self.inputs.progress else None,
-                                         bounds=self.box)
-                self.searched += len(self.index)
-                if folder is not None:
+                search = functools.partial(minimal_perturbation, self.model, self.x, norm=norm,
+                                           labels=torch.as_tensor(self.y), method=method,
+                                           steps=self.config.distance_steps, bounds=self.box,
+                                           progress=self._progress if self.inputs.progress else None)
+                if folder is None:
+                    p = search()
+                else:  # each batch's adversarial examples go straight into the stage's file, not into memory
                     discard_damaged(folder)
                     with atomic_folder(folder) as tmp:
+                        out = np.lib.format.open_memmap(tmp / "x_adv.npy", mode="w+", dtype=np.float32,
+                                                        shape=tuple(self.x.shape))
+                        p = search(out=out)
+                        out.flush()
                         np.savez(tmp / "distances.npz", norms=p.norms, success=p.success, labels=p.labels,
                                  adv_labels=p.adv_labels)
-                        np.save(tmp / "x_adv.npy", p.x_adv.cpu().numpy(), allow_pickle=False)
+                    del out
+                    p = dataclasses.replace(p, x_adv=_stored_x_adv(folder))
+                self.searched += len(self.index)
             self.distance_seconds += time.perf_counter() - t0
             self._perturbations[norm] = p
             if self.group != "reference":  # kept for the per-sample explorer
@@ -374,7 +388,7 @@ class GroupScoring:
                                         bounds=self.box, progress=lambda f: self._progress(stage, f),
                                         start_pool=self.inputs.label_only_starts(),
                                         linf_search=self.config.label_only_linf,
-                                        probe_distribution=self.config.label_only_probes)
+                                        probe_distribution=self.config.label_only_probes, keep_points=False)
                 if folder is not None:
                     discard_damaged(folder)
                     with atomic_folder(folder) as tmp:

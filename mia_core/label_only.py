@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .box import Box, back_in_box, unit_view
+from .box import Box, UnitBoxView, back_in_box
 from .models import is_convolutional, logits_in_rows, search_model
 from .tensors import flat_norm as _dist
 from .tensors import model_device
@@ -164,6 +164,7 @@ def label_only_distance(
     start_pool: torch.Tensor | None = None,
     linf_search: str = "hopskipjump",
     probe_distribution: str = "gaussian",
+    keep_points: bool = True,
 ) -> LabelOnlyResult:
     """Per-sample distance to the boundary from label queries only, within `max_queries` queries a sample.
 
@@ -176,58 +177,91 @@ def label_only_distance(
     `linf_search`: "hopskipjump" or "rays" for the L-inf norm (L2 is always HopSkipJump).
     `probe_distribution`: HopSkipJump's probes, "gaussian" or "low-frequency" (see `probe_directions`).
     `search_steps`: binary-search steps a boundary point (default: HOPSKIPJUMP_SEARCH_STEPS, RAYS_SEARCH_STEPS).
+    `keep_points`: False returns an empty `x_adv` and holds no batch's points past its verification (a caller
+    that reads only the distances keeps memory to a batch, not the data set).
     """
     if norm not in (2.0, math.inf):
         raise ValueError(f"norm must be 2.0 or math.inf, got {norm}.")
     _check_probe_distribution(probe_distribution)
     box = Box.of(bounds)
     box.check(x)
-    if not box.is_unit:
-        view, u = unit_view(model, x, box)
-        pool = None if start_pool is None else box.to_unit(start_pool)
-        r = label_only_distance(view, u, y, norm=norm, max_queries=max_queries, probes=probes,
-                                search_steps=search_steps, batch_size=batch_size, seed=seed, progress=progress,
-                                start_pool=pool, linf_search=linf_search, probe_distribution=probe_distribution)
-        was_training = model.training
-        model.eval()
-        dev = model_device(model)
-        labels = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y).to(dev)
-        dist, success, x_adv, _ = back_in_box(model, x.to(dev, torch.float32), r.x_adv.to(dev), labels,
-                                              torch.as_tensor(r.norms == 0, device=dev), box, norm, batch_size)
-        model.train(was_training)
-        return LabelOnlyResult(dist.cpu().numpy(), success.cpu().numpy(), x_adv.to(x.device), r.queries)
+    searched = model if box.is_unit else UnitBoxView(model, box)  # the search works in the unit box
     device = model_device(model)
     was_training = model.training
-    model.eval()
+    searched.eval()  # and so the model
     gen = torch.Generator(device="cpu").manual_seed(seed)
     y_all = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y).to(device)
     norms, succ, advs, queries = [], [], [], []
-    oracle_model = search_model(model, x)  # queried during the search; the final verdicts use `model`
+    oracle_model = search_model(searched, x)  # queried during the search; the final verdicts use `model`
     pool = None
     if start_pool is not None and len(start_pool):
-        points = start_pool.to(device, torch.float32)
+        points = (start_pool if box.is_unit else box.to_unit(start_pool)).to(device, torch.float32)
         labels = _Oracle(oracle_model, 1, device, tuple(x.shape[1:])).labels(points)
         pool = (points, labels)
     rays = math.isinf(norm) and linf_search == "rays"
-    batch_size = batch_size if rays else probe_batch(tuple(x.shape[1:]), probes, batch_size)
-    for s in range(0, len(x), batch_size):
-        xb = x[s : s + batch_size].to(device, torch.float32)
-        yb = y_all[s : s + batch_size]
-        done = s / max(len(x), 1)
-        share = len(xb) / max(len(x), 1)
-        report = None if progress is None else (lambda spent, done=done, share=share: progress(done + share * spent))
-        if rays:
-            r = _ray_search_batch(model, oracle_model, xb, yb, max_queries, search_steps or RAYS_SEARCH_STEPS,
-                                  pool, report)
-        else:
-            r = _search_batch(model, oracle_model, xb, yb, norm, max_queries, probes,
-                              search_steps or HOPSKIPJUMP_SEARCH_STEPS, gen, report, pool, probe_distribution)
-        norms.append(r[0]), succ.append(r[1]), advs.append(r[2]), queries.append(r[3])
-    model.train(was_training)
-    spent = np.concatenate(queries).astype(np.float64)
+    search_size = batch_size if rays else probe_batch(tuple(x.shape[1:]), probes, batch_size)
+    in_box = None if box.is_unit else _BackInBox(model, x, y_all, box, norm, batch_size)
+    try:
+        for s in range(0, len(x), search_size):
+            xb = x[s : s + search_size]
+            xb = (xb if box.is_unit else box.to_unit(xb)).to(device, torch.float32)
+            yb = y_all[s : s + search_size]
+            done = s / max(len(x), 1)
+            share = len(xb) / max(len(x), 1)
+            report = None if progress is None else (lambda spent, done=done, share=share: progress(done + share * spent))
+            if rays:
+                r = _ray_search_batch(searched, oracle_model, xb, yb, max_queries, search_steps or RAYS_SEARCH_STEPS,
+                                      pool, report)
+            else:
+                r = _search_batch(searched, oracle_model, xb, yb, norm, max_queries, probes,
+                                  search_steps or HOPSKIPJUMP_SEARCH_STEPS, gen, report, pool, probe_distribution)
+            queries.append(r[3])
+            if in_box is None:
+                norms.append(r[0]), succ.append(r[1]), advs.append(r[2] if keep_points else _none_of(r[2]))
+            else:  # re-verified and measured in the caller's box
+                for dist, success, x_adv in in_box.add(r[2], r[0] == 0, last=s + search_size >= len(x)):
+                    norms.append(dist), succ.append(success), advs.append(x_adv if keep_points else _none_of(x_adv))
+    finally:
+        model.train(was_training)
+    spent = np.concatenate(queries).astype(np.float64) if queries else np.zeros(0)
     if pool is not None:  # the pool's labels were asked once for all samples: each pays its share
         spent += len(pool[0]) / max(len(x), 1)
-    return LabelOnlyResult(np.concatenate(norms), np.concatenate(succ), torch.cat(advs).to(x.device), spent)
+    if not norms:
+        return LabelOnlyResult(np.zeros(0), np.zeros(0, bool), x.clone() if keep_points else x[:0].clone(), spent)
+    x_adv = torch.cat(advs).to(x.device)
+    return LabelOnlyResult(np.concatenate(norms), np.concatenate(succ), x_adv, spent)
+
+
+def _none_of(points: torch.Tensor) -> torch.Tensor:
+    """An empty tensor of `points`' kind that does not share (and so keep alive) their storage."""
+    return points.new_empty((0, *points.shape[1:]))
+
+
+class _BackInBox:
+    """Maps a unit-box search's points back to the caller's box and verifies them there (`back_in_box`), in the
+    same groups of `size` samples whatever the search's own batches: the model's verdict on a point right at the
+    boundary can depend on which points share its pass, so the groups are those of one call over all samples."""
+
+    def __init__(self, model, x, y, box, norm, size):
+        self.model, self.x, self.y, self.box, self.norm, self.size = model, x, y, box, norm, size
+        self.done, self.pending, self.zero = 0, [], []
+
+    def add(self, u_adv: torch.Tensor, zero: np.ndarray, last: bool):
+        """Take a search batch's points; return (distances, success, x_adv) arrays of every completed group."""
+        self.pending.append(u_adv)
+        self.zero.append(torch.as_tensor(zero))
+        waiting = sum(len(u) for u in self.pending)
+        take = waiting if last else waiting // self.size * self.size
+        if take == 0:
+            return []
+        u, zero_all = torch.cat(self.pending), torch.cat(self.zero)
+        self.pending, self.zero = [u[take:]], [zero_all[take:]]
+        lo, dev = self.done, u.device
+        self.done += take
+        dist, success, x_adv, _ = back_in_box(
+            self.model, self.x[lo : lo + take].to(dev, torch.float32), u[:take], self.y[lo : lo + take],
+            zero_all[:take].to(dev), self.box, self.norm, self.size)
+        return [(dist.cpu().numpy(), success.cpu().numpy(), x_adv)]
 
 
 def _nearest_start(oracle, x, y, pool, p, steps, todo, k=3):

@@ -364,3 +364,46 @@ def test_large_inputs_are_searched_in_batches_that_fit(monkeypatch):
     np.testing.assert_allclose(res.norms, (res.x_adv - x).double().flatten(1).norm(dim=1).numpy(), rtol=1e-6)
     explicit = minimal_perturbation(model, x, norm=2.0, method="deepfool", batch_size=20)
     np.testing.assert_array_equal(res.norms, explicit.norms)
+
+
+@pytest.mark.parametrize("bounds", [(0.0, 1.0), (-2.0, 3.0)])
+def test_adversarial_examples_stream_into_a_given_array_with_the_same_bits(trained_cnn, digits, tmp_path, bounds):
+    """`out` (a memory-mapped .npy file here, as the evaluation passes it) receives each verified batch: the same
+    points, norms and verdicts, bit for bit, as the search that keeps them in memory, over several batches, in the
+    unit box and in a user's box searched through its unit-box view; `x_adv` is then that array, and an
+    eval-mode model stays in eval mode (a search in another box used to leave it in training mode)."""
+    from mia_core.box import Box
+
+    model, split = trained_cnn
+    box = Box.of(bounds)
+    x = box.from_unit(torch.from_numpy(digits.x[split.nonmembers[:150]]))
+    user_model = model if box.is_unit else nn.Sequential(_ToUnit(box), model).eval()
+    model.eval()
+    kept = minimal_perturbation(user_model, x, norm=2.0, method="superdeepfool", batch_size=64, bounds=bounds)
+    assert not user_model.training
+    out = np.lib.format.open_memmap(tmp_path / "x_adv.npy", mode="w+", dtype=np.float32, shape=tuple(x.shape))
+    streamed = minimal_perturbation(user_model, x, norm=2.0, method="superdeepfool", batch_size=64, bounds=bounds,
+                                    out=out)
+    assert not user_model.training and kept.success.mean() > 0.9
+    assert np.shares_memory(streamed.x_adv.numpy(), out)
+    for name in ("norms", "success", "labels", "adv_labels"):
+        np.testing.assert_array_equal(getattr(streamed, name), getattr(kept, name))
+    np.testing.assert_array_equal(np.load(tmp_path / "x_adv.npy"), kept.x_adv.numpy())
+    with torch.no_grad():  # what was written flips the model at the reported norm
+        ok = streamed.success
+        assert (user_model(streamed.x_adv[ok]).argmax(1).numpy() != streamed.labels[ok]).all()
+    np.testing.assert_allclose((streamed.x_adv - x).flatten(1).double().norm(dim=1).numpy()[ok],
+                               streamed.norms[ok], rtol=1e-12)
+    with pytest.raises(ValueError, match="out must be a float32 array"):
+        minimal_perturbation(user_model, x, out=np.zeros((3, *x.shape[1:]), np.float32), bounds=bounds)
+
+
+class _ToUnit(nn.Module):
+    """A user's model whose inputs live in `box`: it maps them to [0, 1] before a network trained there."""
+
+    def __init__(self, box):
+        super().__init__()
+        self.box = box
+
+    def forward(self, x):
+        return (x - self.box.low) / self.box.width

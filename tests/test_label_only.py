@@ -222,3 +222,48 @@ def test_large_images_are_searched_in_batches_their_probes_fit(monkeypatch):
     monkeypatch.setattr("mia_core.label_only.PROBE_ROUND_BYTES", 2**40)  # unbounded: one batch of 40, as before
     whole = label_only_distance(model, x, y, norm=2.0, max_queries=80, probes=8)
     assert not np.array_equal(r.norms, whole.norms)
+
+
+@pytest.mark.parametrize("norm,linf_search", SEARCHES)
+def test_a_search_in_another_box_keeps_no_points_when_asked_and_verifies_them_in_one_calls_groups(
+        trained_mnist_cnn, monkeypatch, norm, linf_search):
+    """In a user's box ([-1, 2] here) each search batch is mapped back and verified as it finishes, in the groups
+    one verification of all samples would use (the verdict on a point at the boundary can depend on its pass),
+    even where the search's batches are smaller (probe rounds bounded to 48 samples, groups of 64): the same bits
+    as searching everything in the unit box and verifying it there at once. `keep_points=False` gives the same
+    distances with no points (an evaluation reads only the distances); an eval-mode model stays in eval mode."""
+    from mia_core.box import Box, UnitBoxView, back_in_box
+
+    model, split = trained_mnist_cnn
+    ds = load_dataset("mnist5k")
+    box = Box.of((-1.0, 2.0))
+    user_model = torch.nn.Sequential(_ToUnit(box), model).eval()
+    x = box.from_unit(torch.from_numpy(ds.x[split.nonmembers[:150]]))
+    y = torch.from_numpy(ds.y[split.nonmembers[:150]])
+    pool = box.from_unit(torch.from_numpy(ds.x[split.nonmembers[200:260]]))
+    monkeypatch.setattr("mia_core.label_only.PROBE_ROUND_BYTES", 48 * 4 * 32 * 4 * math.prod(ds.input_shape))
+    kw = dict(norm=norm, max_queries=60, linf_search=linf_search, batch_size=64, seed=3)
+    kept = label_only_distance(user_model, x, y, bounds=box, start_pool=pool, **kw)
+    light = label_only_distance(user_model, x, y, bounds=box, start_pool=pool, keep_points=False, **kw)
+    assert not user_model.training and kept.success.mean() > 0.9
+    assert light.x_adv.shape == (0, *ds.input_shape)
+    for name in ("norms", "success", "queries"):
+        np.testing.assert_array_equal(getattr(light, name), getattr(kept, name))
+    view = UnitBoxView(user_model, box).eval()  # the search in the unit box, then one verification of everything
+    unit = label_only_distance(view, box.to_unit(x), y, start_pool=box.to_unit(pool), **kw)
+    dist, success, x_adv, _ = back_in_box(user_model, x, unit.x_adv, y, torch.as_tensor(unit.norms == 0), box, norm, 64)
+    np.testing.assert_array_equal(kept.norms, dist.numpy())
+    np.testing.assert_array_equal(kept.success, success.numpy())
+    np.testing.assert_array_equal(kept.x_adv.numpy(), x_adv.numpy())
+    np.testing.assert_array_equal(kept.queries, unit.queries)
+
+
+class _ToUnit(torch.nn.Module):
+    """A user's model whose inputs live in `box`: it maps them to [0, 1] before a network trained there."""
+
+    def __init__(self, box):
+        super().__init__()
+        self.box = box
+
+    def forward(self, x):
+        return (x - self.box.low) / self.box.width

@@ -336,3 +336,39 @@ def test_a_stage_another_process_finished_meanwhile_is_kept_not_pulled_away(trai
     with atomic_folder(folder) as tmp:  # and the stage can be written again
         (tmp / "x").write_text("1")
     assert folder_problem(folder) is None
+
+
+def test_a_groups_adversarial_examples_go_into_the_stage_file_batch_by_batch_and_stay_mapped(
+        trained_mlp, digits, tmp_path, monkeypatch):
+    """A white-box search with a stage folder writes each batch's adversarial examples into the stage's
+    `x_adv.npy` (a memory-mapped file in the folder being built), and the group's perturbation is a map of the
+    finished stage's file, not a copy in memory: the group's set is never held whole. The label-only searches
+    keep only their distances. The stored points are those of a search without a store, bit for bit."""
+    from pathlib import Path
+
+    from mia_core import evaluation
+    from mia_core.distances import minimal_perturbation
+    from mia_core.evaluation import GroupScoring, SharedWork
+
+    model, split = trained_mlp
+    inputs = EvaluationInputs(CFG, digits, split, model, torch.device("cpu"), stage_dir=tmp_path)
+    idx = split.members[:150]
+    outs = []
+    real = evaluation.minimal_perturbation
+    monkeypatch.setattr(evaluation, "minimal_perturbation", lambda *a, **k: outs.append(k.get("out")) or real(*a, **k))
+    monkeypatch.setattr("mia_core.distances.SEARCH_BATCH_BYTES", 64 * 4 * digits.x[0].size)  # batches of 64
+    ctx = GroupScoring("members", idx, inputs, SharedWork(inputs), 0)
+    p = ctx.perturbation(2.0)
+    (out,) = outs
+    assert isinstance(out, np.memmap) and Path(out.filename).parent.name.startswith(".tmp-distances-")
+    (folder,) = tmp_path.glob("distances-*")
+    address = p.x_adv.data_ptr()
+    with open("/proc/self/maps") as fh:  # the tensor's memory is a mapping of the stage's file
+        spans = [line.split()[0].split("-") for line in fh if line.rstrip().endswith(str(folder / "x_adv.npy"))]
+    assert any(int(lo, 16) <= address < int(hi, 16) for lo, hi in spans)
+    x = torch.from_numpy(digits.x[idx])
+    alone = minimal_perturbation(model, x, norm=2.0, labels=torch.from_numpy(digits.y[idx]), method=CFG.distance_method,
+                                 steps=CFG.distance_steps)
+    np.testing.assert_array_equal(p.x_adv.numpy(), alone.x_adv.numpy())
+    np.testing.assert_array_equal(p.norms, alone.norms)
+    assert ctx.label_only(2.0).x_adv.numel() == 0 and np.isfinite(ctx.label_only(2.0).norms).mean() > 0.9

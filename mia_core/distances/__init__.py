@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..box import Box, back_in_box, unit_view
+from ..box import Box, UnitBoxView, back_in_box
 from ..models import logits_in_rows, search_model
 from ..registry import Registry
 from ..tensors import model_device, signed_margin, strict_float32
@@ -114,6 +114,7 @@ def minimal_perturbation(
     precision: str = "tf32",
     progress: Progress | None = None,
     bounds: Box | tuple[float, float] | None = None,
+    out: np.ndarray | None = None,
 ) -> Perturbation:
     """Per-sample minimal L2 / L-inf perturbation that changes the model's prediction.
 
@@ -125,80 +126,98 @@ def minimal_perturbation(
     the bisection and the verification always run in strict fp32.
     Inputs must lie in `bounds` ((low, high), the same for every coordinate; [0, 1] by default). Other boxes are
     searched in the unit box through the model's affine view (box.py) and re-verified in the caller's space,
-    where the norms are measured.
+    where the norms are measured, batch by batch.
+    `out`: a writable float32 array shaped like `x` (a memory-mapped `.npy` file, say) that receives each
+    batch's adversarial examples as the batch is verified; the result's `x_adv` is then `out` itself (on the CPU),
+    so the search holds one batch of them, not the whole set twice over.
     """
     if norm not in (2.0, math.inf):
         raise ValueError(f"norm must be 2.0 or math.inf, got {norm}.")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'.")
+    if out is not None and (tuple(out.shape) != tuple(x.shape) or out.dtype != np.float32):
+        raise ValueError(f"out must be a float32 array of shape {tuple(x.shape)}, got {out.dtype} "
+                         f"{tuple(out.shape)}.")
     search = SEARCHES.get(method).search
     box = Box.of(bounds)
     box.check(x)
-    batch_size = search_batch(tuple(x.shape[1:]), batch_size)  # the search's batches and their re-verification
-    with strict_float32():
-        if box.is_unit:
-            return _minimal_perturbation(model, x, norm, labels, method, search, steps, batch_size, refine_steps,
-                                         precision, progress)
-        view, u = unit_view(model, x, box)
-        p = _minimal_perturbation(view, u, norm, labels, method, search, steps, batch_size, refine_steps,
-                                  precision, progress)
-        was_training = model.training
-        model.eval()
-        dev = model_device(model)
-        dist, success, x_adv, adv_pred = back_in_box(
-            model, x.to(dev, torch.float32), p.x_adv.to(dev), torch.as_tensor(p.labels, device=dev),
-            torch.as_tensor(p.norms == 0, device=dev), box, norm, batch_size)
-        model.train(was_training)
-        return Perturbation(dist.cpu().numpy(), success.cpu().numpy(), x_adv.to(x.device), p.labels,
-                            adv_pred.cpu().numpy(), norm, method)
-
-
-def _minimal_perturbation(model, x, norm, labels, method, search, steps, batch_size, refine_steps, precision,
-                          progress) -> Perturbation:
-    device = model_device(model)
-    was_training = model.training
-    model.eval()
     n = x.shape[0]
     if labels is not None:
         labels = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
         if labels.shape != (n,):
             raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}.")
-    fast = search_model(model, x)
-    parts = []
-    for start in range(0, n, batch_size):
-        xb = x[start : start + batch_size].to(device, torch.float32)
-        logits = logits_in_rows(model, xb)
-        pred = logits.argmax(1)
-        y = pred if labels is None else labels[start : start + batch_size].to(device)
-        correct = pred == y
-        x_adv = xb.clone()
-        if correct.any():
-            xs, ys = xb[correct], y[correct]
-            with search_precision(precision, device):
-                cand, found = search(fast, xs, ys, norm, steps)
-            cand, margins = push_out(fast, xs, ys, cand.float(), found)
-            retry = margins >= 0
-            if precision != "fp32" and retry.any():  # rare: search again in strict fp32
-                cand_r, found_r = search(fast, xs[retry], ys[retry], norm, steps)
-                with torch.no_grad():
-                    g_r = signed_margin(fast(cand_r), ys[retry])
-                cand[retry], margins[retry] = cand_r, torch.where(found_r, g_r, torch.inf)
-            x_adv[correct] = refined(fast, xs, ys, cand, margins < 0, refine_steps, margins,
-                                     signed_margin(logits[correct], ys))
-        parts.append((y, *verified(model, xb, x_adv, y, norm)))  # the verdict comes from the caller's model
-        if progress:
-            progress(f"distances ({method}, L{'inf' if math.isinf(norm) else 2})", min(1.0, (start + batch_size) / n))
-    model.train(was_training)
-    if n == 0:
-        empty = np.zeros(0)
-        return Perturbation(empty, empty.astype(bool), x.clone(), empty.astype(int), empty.astype(int), norm, method)
-    y_all, dist, success, x_adv, adv_pred = (torch.cat(p) for p in zip(*parts))
-    return Perturbation(
-        norms=dist.cpu().numpy(),
-        success=success.cpu().numpy(),
-        x_adv=x_adv.to(x.device),
-        labels=y_all.cpu().numpy(),
-        adv_labels=adv_pred.cpu().numpy(),
-        norm=norm,
-        method=method,
-    )
+    batch_size = search_batch(tuple(x.shape[1:]), batch_size)  # the search's batches and their re-verification
+    searched = model if box.is_unit else UnitBoxView(model, box)
+    device = model_device(model)
+    was_training = model.training
+    searched.eval()  # and so the model
+    fast = search_model(searched, x)  # what the search queries; the verdicts come from `searched` and `model`
+    sink = _Batches(x, out)
+    try:
+        with strict_float32():
+            for start in range(0, n, batch_size):
+                xb = x[start : start + batch_size].to(device, torch.float32)
+                yb = None if labels is None else labels[start : start + batch_size].to(device)
+                if box.is_unit:
+                    sink.add(start, *_search_batch(searched, fast, xb, yb, norm, search, steps, refine_steps, precision))
+                else:  # searched in the unit box, re-verified and measured in the caller's
+                    y, dist, _, u_adv, _ = _search_batch(searched, fast, box.to_unit(xb), yb, norm, search, steps,
+                                                         refine_steps, precision)
+                    sink.add(start, y, *back_in_box(model, xb, u_adv, y, dist == 0, box, norm, batch_size))
+                if progress:
+                    progress(f"distances ({method}, L{'inf' if math.isinf(norm) else 2})",
+                             min(1.0, (start + batch_size) / n))
+    finally:
+        model.train(was_training)
+    return sink.perturbation(norm, method)
+
+
+class _Batches:
+    """A search's verified batches, gathered into one Perturbation: the adversarial examples written into `out`
+    as they come where it is given, else kept on the device and joined at the end."""
+
+    def __init__(self, x: torch.Tensor, out: np.ndarray | None):
+        self.x, self.out, self.parts = x, out, []
+
+    def add(self, start: int, y, dist, success, x_adv, adv_pred) -> None:
+        if self.out is not None:
+            self.out[start : start + len(x_adv)] = x_adv.cpu().numpy()
+            x_adv = None
+        self.parts.append((y, dist, success, adv_pred, x_adv))
+
+    def perturbation(self, norm: float, method: str) -> Perturbation:
+        if not self.parts:
+            empty = np.zeros(0)
+            x_adv = self.x.clone() if self.out is None else torch.from_numpy(self.out)
+            return Perturbation(empty, empty.astype(bool), x_adv, empty.astype(int), empty.astype(int), norm, method)
+        y, dist, success, adv_pred = (torch.cat(p) for p in list(zip(*self.parts))[:4])
+        if self.out is None:
+            x_adv = torch.cat([p[4] for p in self.parts]).to(self.x.device)
+        else:
+            x_adv = torch.from_numpy(self.out)
+        return Perturbation(norms=dist.cpu().numpy(), success=success.cpu().numpy(), x_adv=x_adv,
+                            labels=y.cpu().numpy(), adv_labels=adv_pred.cpu().numpy(), norm=norm, method=method)
+
+
+def _search_batch(model, fast, xb, labels, norm, search, steps, refine_steps, precision):
+    """One batch: search on `fast` (`search_model`'s copy), push out, refine, and verify with `model` (in eval
+    mode, strict fp32 outside the search). Returns (labels, distances, success, x_adv, predictions at x_adv)."""
+    logits = logits_in_rows(model, xb)
+    pred = logits.argmax(1)
+    y = pred if labels is None else labels
+    correct = pred == y
+    x_adv = xb.clone()
+    if correct.any():
+        xs, ys = xb[correct], y[correct]
+        with search_precision(precision, xb.device):
+            cand, found = search(fast, xs, ys, norm, steps)
+        cand, margins = push_out(fast, xs, ys, cand.float(), found)
+        retry = margins >= 0
+        if precision != "fp32" and retry.any():  # rare: search again in strict fp32
+            cand_r, found_r = search(fast, xs[retry], ys[retry], norm, steps)
+            with torch.no_grad():
+                g_r = signed_margin(fast(cand_r), ys[retry])
+            cand[retry], margins[retry] = cand_r, torch.where(found_r, g_r, torch.inf)
+        x_adv[correct] = refined(fast, xs, ys, cand, margins < 0, refine_steps, margins,
+                                 signed_margin(logits[correct], ys))
+    return (y, *verified(model, xb, x_adv, y, norm))  # the verdict comes from the caller's model
