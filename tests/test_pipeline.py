@@ -372,3 +372,35 @@ def test_a_groups_adversarial_examples_go_into_the_stage_file_batch_by_batch_and
     np.testing.assert_array_equal(p.x_adv.numpy(), alone.x_adv.numpy())
     np.testing.assert_array_equal(p.norms, alone.norms)
     assert ctx.label_only(2.0).x_adv.numel() == 0 and np.isfinite(ctx.label_only(2.0).norms).mean() > 0.9
+
+
+def test_a_search_stopped_half_way_leaves_no_stage_and_the_next_one_finishes_it(trained_mlp, digits, tmp_path,
+                                                                                monkeypatch):
+    """A job cancelled while a group's adversarial examples are being written into the stage's file: the
+    half-written folder is removed (no stage, no temporary left to be read as one), and the next evaluation
+    searches again and stores what an uninterrupted search stores."""
+    from mia_core.evaluation import GroupScoring, SharedWork
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel_after_the_first_batch(stage, fraction):
+        if stage.startswith("distances") and 0 < fraction < 1:
+            raise Cancelled
+
+    model, split = trained_mlp
+    monkeypatch.setattr("mia_core.distances.SEARCH_BATCH_BYTES", 64 * 4 * digits.x[0].size)  # batches of 64
+    idx = split.members[:150]
+    stopped = EvaluationInputs(CFG, digits, split, model, torch.device("cpu"), stage_dir=tmp_path,
+                               progress=cancel_after_the_first_batch)
+    with pytest.raises(Cancelled):
+        GroupScoring("members", idx, stopped, SharedWork(stopped), 0).perturbation(2.0)
+    assert not list(tmp_path.iterdir())
+    inputs = EvaluationInputs(CFG, digits, split, model, torch.device("cpu"), stage_dir=tmp_path)
+    p = GroupScoring("members", idx, inputs, SharedWork(inputs), 0).perturbation(2.0)
+    (folder,) = tmp_path.iterdir()
+    assert folder.name.startswith("distances-") and folder_problem(folder) is None
+    alone = EvaluationInputs(CFG, digits, split, model, torch.device("cpu"))
+    q = GroupScoring("members", idx, alone, SharedWork(alone), 0).perturbation(2.0)
+    np.testing.assert_array_equal(p.norms, q.norms)
+    np.testing.assert_array_equal(np.load(folder / "x_adv.npy"), q.x_adv.numpy())
