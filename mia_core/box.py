@@ -16,6 +16,10 @@ import torch
 from torch import nn
 
 
+CHECK_VALUES = 2**20
+"""Values `Box.check` reads at a time (4 MB of float32)."""
+
+
 @dataclass(frozen=True)
 class Box:
     """Every input coordinate lies in [low, high]."""
@@ -45,15 +49,22 @@ class Box:
         return self.low == 0.0 and self.high == 1.0
 
     def check(self, x: torch.Tensor, what: str = "Inputs") -> None:
-        """Raise ValueError when some coordinate of x lies outside the box or is not finite."""
+        """Raise ValueError when some coordinate of x lies outside the box or is not finite. Read in slices of
+        at most CHECK_VALUES values: checking a whole group at once held about 5 bytes a value of temporaries
+        (161 MB for 8,000 CIFAR-sized images), the peak of an audit's label-only stage."""
         if not x.numel():
             return
-        if not torch.isfinite(x).all():
-            raise ValueError(f"{what} contain NaN or infinite values.")
-        if x.min() < self.low or x.max() > self.high:
+        rows = x.reshape(1) if x.ndim == 0 else x
+        lows, highs = [], []
+        for part in rows.split(max(1, CHECK_VALUES // max(rows[0].numel(), 1))):
+            if not torch.isfinite(part).all():
+                raise ValueError(f"{what} contain NaN or infinite values.")
+            lows.append(part.min()), highs.append(part.max())
+        low, high = torch.stack(lows).min(), torch.stack(highs).max()  # compared in x's own precision, as before
+        if low < self.low or high > self.high:
             raise ValueError(
                 f"{what} must lie in [{self.low:g}, {self.high:g}] (the bounds), but range over "
-                f"[{float(x.min()):g}, {float(x.max()):g}]; pass the box your model's inputs live in as bounds."
+                f"[{float(low):g}, {float(high):g}]; pass the box your model's inputs live in as bounds."
                 + (" Normalisation belongs inside the model." if self.is_unit else ""))
 
     def to_unit(self, x: torch.Tensor) -> torch.Tensor:

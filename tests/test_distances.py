@@ -407,3 +407,22 @@ class _ToUnit(nn.Module):
 
     def forward(self, x):
         return (x - self.box.low) / self.box.width
+
+
+def test_the_box_is_checked_slice_by_slice_with_the_same_verdicts(monkeypatch):
+    """`Box.check` reads at most CHECK_VALUES values at a time (a whole group at once held about 5 bytes a value of
+    temporaries): a value out of the box or not finite in the last slice is still found, the message gives the
+    whole range, and the comparison stays in the inputs' own precision (float32(0.1) lies in [-1, 0.1])."""
+    from mia_core.box import Box
+
+    monkeypatch.setattr("mia_core.box.CHECK_VALUES", 40)  # two rows of 20 values a slice
+    x = torch.rand(9, 20)
+    Box.of((0.0, 1.0)).check(x)
+    x[8, 19] = 1.5
+    with pytest.raises(ValueError, match=r"range over \[0(\.\d+)?(e-\d+)?, 1.5\]"):
+        Box.of((0.0, 1.0)).check(x)
+    x[8, 19] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        Box.of((0.0, 1.0)).check(x)
+    Box.of((-1.0, 0.1)).check(torch.full((5, 20), 0.1))  # float32(0.1) > 0.1 as a double, not as a float32
+    Box.of((0.0, 1.0)).check(torch.tensor(0.5))
