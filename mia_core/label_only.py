@@ -219,7 +219,8 @@ def label_only_distance(
             if in_box is None:
                 norms.append(r[0]), succ.append(r[1]), advs.append(r[2] if keep_points else _none_of(r[2]))
             else:  # re-verified and measured in the caller's box
-                for dist, success, x_adv in in_box.add(r[2], r[0] == 0, last=s + search_size >= len(x)):
+                if (group := in_box.add(r[2], r[0] == 0, last=s + search_size >= len(x))) is not None:
+                    dist, success, x_adv = group
                     norms.append(dist), succ.append(success), advs.append(x_adv if keep_points else _none_of(x_adv))
     finally:
         model.train(was_training)
@@ -247,13 +248,13 @@ class _BackInBox:
         self.done, self.pending, self.zero = 0, [], []
 
     def add(self, u_adv: torch.Tensor, zero: np.ndarray, last: bool):
-        """Take a search batch's points; return (distances, success, x_adv) arrays of every completed group."""
+        """Take a search batch's points; return (distances, success, x_adv) of the groups it completes, if any."""
         self.pending.append(u_adv)
         self.zero.append(torch.as_tensor(zero))
         waiting = sum(len(u) for u in self.pending)
         take = waiting if last else waiting // self.size * self.size
         if take == 0:
-            return []
+            return None
         u, zero_all = torch.cat(self.pending), torch.cat(self.zero)
         self.pending, self.zero = [u[take:]], [zero_all[take:]]
         lo, dev = self.done, u.device
@@ -261,7 +262,7 @@ class _BackInBox:
         dist, success, x_adv, _ = back_in_box(
             self.model, self.x[lo : lo + take].to(dev, torch.float32), u[:take], self.y[lo : lo + take],
             zero_all[:take].to(dev), self.box, self.norm, self.size)
-        return [(dist.cpu().numpy(), success.cpu().numpy(), x_adv)]
+        return dist.cpu().numpy(), success.cpu().numpy(), x_adv
 
 
 def _nearest_start(oracle, x, y, pool, p, steps, todo, k=3):

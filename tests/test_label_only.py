@@ -14,7 +14,7 @@ from mia_core.label_only import (
     CONV_QUERY_BYTES, PROBE_ROUND_BYTES, _Oracle, label_only_distance, low_frequency_factor, probe_batch,
     probe_directions,
 )
-from test_distances import affine_model, closed_form
+from test_distances import _ToUnit, affine_model, closed_form
 
 SEARCHES = [(2.0, "hopskipjump"), (math.inf, "hopskipjump"), (math.inf, "rays")]
 
@@ -256,14 +256,3 @@ def test_a_search_in_another_box_keeps_no_points_when_asked_and_verifies_them_in
     np.testing.assert_array_equal(kept.success, success.numpy())
     np.testing.assert_array_equal(kept.x_adv.numpy(), x_adv.numpy())
     np.testing.assert_array_equal(kept.queries, unit.queries)
-
-
-class _ToUnit(torch.nn.Module):
-    """A user's model whose inputs live in `box`: it maps them to [0, 1] before a network trained there."""
-
-    def __init__(self, box):
-        super().__init__()
-        self.box = box
-
-    def forward(self, x):
-        return (x - self.box.low) / self.box.width
