@@ -6,6 +6,7 @@ import argparse
 import functools
 import json
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -187,6 +188,9 @@ def _report(result, out: Path | None, what: str) -> int:
     if out:
         write_json(out / "summary.json", result.record.to_json())
         result.frame().to_csv(out / "per_sample.csv", index=False)
+    note = views.audit_note(result.record)
+    if note:  # what was audited and how its outputs were read
+        print(textwrap.fill(note, 118) + "\n")
     print(format_table(result.record))
     print(f"\nstored in {result.eval_dir}")
     return 0

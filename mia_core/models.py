@@ -109,11 +109,17 @@ def build_model(
     name: str, input_shape: tuple[int, ...], num_classes: int, *, width: int = 256, dropout: float = 0.0
 ) -> Classifier:
     """A fresh `Classifier` of the named architecture (see MODELS) for inputs of `input_shape`; a name
-    'factory:package.module:function' builds the body with the user's own factory f(input_shape, num_classes)."""
+    'factory:package.module:function' builds the body with the user's own factory f(input_shape, num_classes),
+    read as logits (`user_models.as_logits` on seeded normalised inputs): a body that ends in a softmax trains on
+    log p, one with one output (a binary classifier's logit or sigmoid) on two classes' logits."""
     if name.startswith("factory:"):
-        from .user_models import build_from_factory
+        from .user_models import as_logits, build_from_factory, check_classifier
 
         body = build_from_factory(name.removeprefix("factory:"), tuple(input_shape), num_classes)
+        probe = torch.randn((64, *input_shape), generator=torch.Generator().manual_seed(0))
+        check_classifier(body, probe, num_classes)
+        was_training = body.training
+        body = as_logits(body.eval(), probe).train(was_training)
         return Classifier(Normalize(tuple(input_shape)), body)
     body = MODELS.get(name).build(tuple(input_shape), num_classes, width, dropout)
     return Classifier(Normalize(tuple(input_shape)), body)

@@ -146,7 +146,8 @@ class AuditInfo:
     reference: str  # how the reference pool was chosen
     retraining: str | None = None  # how reference models of the user's architecture were trained, if they were
     onnx_max_difference: float | None = None  # converted ONNX model vs ONNX Runtime on the user's inputs
-    outputs: str = "logits"  # or "probabilities": the model ends in a softmax, and log p is read as its logits
+    outputs: str = "logits"  # how its outputs are read (user_models.OUTPUT_READINGS): "probabilities", "one logit"...
+    logits_before_activation: bool = False  # probabilities read through the logits before the final softmax/sigmoid
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe({**self.__dict__, "bounds": list(self.bounds)})
@@ -160,7 +161,8 @@ class AuditInfo:
                    retraining=d.get("retraining"),
                    onnx_max_difference=(None if d.get("onnx_max_difference") is None
                                         else float(d["onnx_max_difference"])),
-                   outputs=d.get("outputs", "logits"))
+                   outputs=d.get("outputs", "logits"),
+                   logits_before_activation=bool(d.get("logits_before_activation", False)))
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,8 @@ from .store import Store, atomic_folder, config_hash, discard_folder, folder_pro
 from .training import accuracy, save_checkpoint
 from .user_data import MIN_GROUP, PreparedData
 from .user_models import (
-    ModelError, OnnxModel, ProbabilitiesAsLogits, as_logits, build_from_factory, check_classifier, fresh_onnx_copy,
-    load_onnx, outputs_probabilities, state_digest,
+    ModelError, OnnxModel, as_logits, build_from_factory, check_classifier, fresh_onnx_copy, load_onnx,
+    output_reading, read_as, reading_of, state_digest, through_logits,
 )
 
 NO_FACTORY = ("needs reference models of the audited architecture: give a model factory and a training recipe "
@@ -120,9 +120,9 @@ def audit(model: nn.Module, members, nonmembers, reference=None, *, bounds=(0.0,
           config: ExperimentConfig | None = None, store: Store | str | Path | None = None,
           progress: Progress | None = None, device: str = "auto",
           feature_names: tuple[str, ...] | None = None) -> RunResult:
-    """Audit a trained `model` (any nn.Module: [N, *shape] -> logits [N, C] or probabilities, eval mode, no side
-    effects, differentiable for the white-box attacks) on its `members` and `nonmembers` ((x, y) pairs, inputs in
-    `bounds`). `reference` (x, y) is the attacker's pool (default: a seeded `reference_share` of the non-members).
+    """Audit a trained `model` (any nn.Module: [N, *shape] -> logits [N, C] or probabilities, or a binary
+    classifier's one output, its logit or sigmoid probability; eval mode, no side effects, differentiable for the
+    white-box attacks) on its `members` and `nonmembers` ((x, y) pairs, inputs in `bounds`). `reference` (x, y) is the attacker's pool (default: a seeded `reference_share` of the non-members).
     `model_factory` (a callable returning a fresh model, or 'package.module:function' called with
     (input_shape, num_classes)) and `recipe` let the reference-model attacks train copies of the architecture.
     `config` supplies the evaluation settings (search, queries, bootstrap, shadow count). The run is stored and
@@ -176,24 +176,26 @@ def audit_prepared(model: nn.Module, ds: Dataset, split: Split, reference_how: s
     factory_name = factory_name or (
         model_factory if isinstance(model_factory, str)
         else getattr(model_factory, "__qualname__", repr(model_factory)) if model_factory else None)
-    ds, cfg, key, n_out, model = _audit_plan(model, ds, split, dev, model_digest=model_digest,
+    ds, cfg, key, model = _audit_plan(model, ds, split, dev, model_digest=model_digest,
                                              short_name=short_name, factory_name=factory_name, recipe=recipe,
                                              seed=seed, config=config, device=device)
     builder = None
     if model_factory is not None:
-        builder = ((lambda: build_from_factory(model_factory, ds.input_shape, n_out))  # noqa: E731
+        builder = ((lambda: build_from_factory(model_factory, ds.input_shape, ds.num_classes))  # noqa: E731
                    if isinstance(model_factory, str) else model_factory)
         fresh = builder()  # one copy, built once: a bad factory is refused before any work
         if not isinstance(fresh, nn.Module):
             raise ModelError("model_factory() must return a fresh torch.nn.Module.")
-        if outputs_probabilities(fresh.eval(), output_probe(ds, split)):
-            plain_builder = builder  # its copies train on log p, as the audited model is read
-            builder = lambda: ProbabilitiesAsLogits(plain_builder())  # noqa: E731
+        probe = output_probe(ds, split)
+        copies_read = output_reading(fresh.eval(), probe)
+        if copies_read != "logits":
+            plain_builder = builder  # its copies train on what their outputs are read as (log p; [0, z])
+            builder = lambda: read_as(plain_builder().eval(), copies_read, probe).train()  # noqa: E731
     info = AuditInfo(model=model_label, model_kind=model_kind, data=data_label, bounds=tuple(ds.bounds),
                      reference=reference_how,
                      retraining=None if builder is None else f"copies of {factory_name}, {recipe.describe()}",
                      onnx_max_difference=None if onnx_model is None else onnx_model.max_abs_difference,
-                     outputs="probabilities" if isinstance(model, ProbabilitiesAsLogits) else "logits")
+                     outputs=reading_of(model), logits_before_activation=through_logits(model))
     st = Store.resolve(store)
     run_dir, eval_dir = st.run_dir(key), st.eval_dir(key, cfg.eval_key())
     for folder in (run_dir, eval_dir):
@@ -224,15 +226,17 @@ def output_probe(ds: Dataset, split: Split) -> torch.Tensor:
 def _audit_plan(model: nn.Module, ds: Dataset, split: Split, dev: torch.device, *, model_digest: str,
                 short_name: str, factory_name: str | None, recipe: TrainingRecipe | None, seed: int,
                 config: ExperimentConfig | None, device: str
-                ) -> tuple[Dataset, ExperimentConfig, str, int, nn.Module]:
-    """What an audit computes and where the store keeps it: (the data, with as many classes as the model
-    outputs; the run's config; its key; the model's output count; the model as the audit reads it, its
-    log-probabilities as logits where it outputs probabilities)."""
+                ) -> tuple[Dataset, ExperimentConfig, str, nn.Module]:
+    """What an audit computes and where the store keeps it: (the data, with as many classes as the model's
+    logits, as read, have: its output count, or two for one output; the run's config; its key; the model as the
+    audit reads it, as logits: log p where it outputs probabilities, [0, z] or [log(1 - p), log p] where it has
+    one output)."""
     n_out = check_classifier(model, torch.from_numpy(ds.x[split.members[:8]]).to(dev), ds.num_classes)
     model = as_logits(model, output_probe(ds, split).to(dev))
-    probabilities = isinstance(model, ProbabilitiesAsLogits)
-    if n_out > ds.num_classes:
-        ds = Dataset(ds.name, ds.x, ds.y, n_out, ds.bounds, ds.feature_names, ds.feature_low, ds.feature_high,
+    reading = reading_of(model) + (", through the logits before its activation" if through_logits(model) else "")
+    classes = max(n_out, 2)  # one output is read as two classes' logits
+    if classes > ds.num_classes:
+        ds = Dataset(ds.name, ds.x, ds.y, classes, ds.bounds, ds.feature_names, ds.feature_low, ds.feature_high,
                      ds.class_names)
     base = config or ExperimentConfig()
     cfg = base.replace(dataset=AUDIT_DATA + ds.name, model=AUDIT_MODEL + short_name, members=len(split.members),
@@ -247,8 +251,8 @@ def _audit_plan(model: nn.Module, ds: Dataset, split: Split, dev: torch.device, 
         "split": hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in split.to_arrays().values())
                                 ).hexdigest(),
         "model": model_digest, "factory": factory_name, "recipe": None if recipe is None else recipe.__dict__,
-        "seed": seed, "core": __version__, **({"outputs": "probabilities"} if probabilities else {})})
-    return ds, cfg, key, n_out, model
+        "seed": seed, "core": __version__, **({"outputs": reading} if reading != "logits" else {})})
+    return ds, cfg, key, model
 
 
 def train_user_model(factory: str, ds: Dataset, split: Split, recipe: TrainingRecipe, *, seed: int = 0,
@@ -363,11 +367,11 @@ def plan_upload_audit(upload: PreparedUpload, config: ExperimentConfig | None = 
     """The plan of this upload's audit with `config`'s evaluation: the page opens a stored run at once instead of
     starting a job, and estimates a new one's time from stored audits of the same data and model."""
     cfg, recipe = config or ExperimentConfig(), upload.request.recipe
-    _, run_cfg, key, _, _ = _audit_plan(upload.model.module.cpu(), upload.data.dataset, upload.data.split,
-                                        torch.device("cpu"), model_digest=upload.model.digest,
-                                        short_name=Path(upload.request.model_name).stem,
-                                        factory_name=onnx_copies(upload.request.model_name) if recipe else None,
-                                        recipe=recipe, seed=cfg.seed, config=cfg, device=cfg.device)
+    _, run_cfg, key, _ = _audit_plan(upload.model.module.cpu(), upload.data.dataset, upload.data.split,
+                                     torch.device("cpu"), model_digest=upload.model.digest,
+                                     short_name=Path(upload.request.model_name).stem,
+                                     factory_name=onnx_copies(upload.request.model_name) if recipe else None,
+                                     recipe=recipe, seed=cfg.seed, config=cfg, device=cfg.device)
     return UploadAuditPlan(run_cfg, Store.intact_run_id(Store.resolve(store).eval_dir(key, run_cfg.eval_key())))
 
 

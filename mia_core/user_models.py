@@ -1,8 +1,9 @@
 """A user's own model: a Python factory they name, any nn.Module, or an ONNX file, checked before an audit.
 
 What an audited model must be: an `nn.Module` that maps a batch of inputs [N, *input_shape] to logits [N, C]
-(C at least the number of classes; probabilities, from a softmax at its end, are read as log-probabilities), in
-eval mode, without side effects between calls (no state that changes
+(C at least the number of classes; probabilities, from a softmax at its end, are read as log-probabilities) or,
+for two classes, to one output [N, 1] or [N] (the logit of class 1, as `BCEWithLogitsLoss` trains it, or its
+sigmoid probability; `OUTPUT_READINGS`), in eval mode, without side effects between calls (no state that changes
 with each forward), and differentiable in its inputs for the white-box searches (the label-only attacks only
 query labels). ONNX files are parsed as protocol buffers (never unpickled), converted to a differentiable torch
 module with onnx2torch, and accepted only when the converted module agrees with ONNX Runtime on the user's own
@@ -63,7 +64,8 @@ def build_from_factory(spec: str, input_shape: tuple[int, ...], num_classes: int
 @torch.no_grad()
 def check_classifier(model: nn.Module, x: torch.Tensor, num_classes: int) -> int:
     """Run the model on a few inputs and check it is a classifier for them: output [N, C] with C >= num_classes,
-    finite. Returns C. Raises ModelError naming what is wrong."""
+    or one output ([N, 1] or [N]) where there are at most two classes; finite. Returns C (1 for one output).
+    Raises ModelError naming what is wrong."""
     n = min(len(x), 8)
     was_training = model.training
     model.eval()
@@ -76,10 +78,15 @@ def check_classifier(model: nn.Module, x: torch.Tensor, num_classes: int) -> int
         model.train(was_training)
     if not isinstance(out, torch.Tensor):
         raise ModelError(f"The model returned a {type(out).__name__}; it must return a tensor of logits [N, C].")
+    if out.ndim == 1 and out.shape[0] == n:
+        out = out[:, None]
     if out.ndim != 2 or out.shape[0] != n:
         raise ModelError(f"The model's output for a batch of {n} has shape {tuple(out.shape)}; it must be "
-                         f"[{n}, C] logits.")
-    if out.shape[1] < num_classes:
+                         f"[{n}, C] logits (or [{n}, 1] / [{n}] for a binary classifier's one output).")
+    if out.shape[1] == 1 and num_classes > 2:
+        raise ModelError(f"The model has one output (a binary classifier's) but the labels go up to "
+                         f"{num_classes - 1} ({num_classes} classes).")
+    if 1 < out.shape[1] < num_classes:
         raise ModelError(f"The model has {out.shape[1]} outputs but the labels go up to {num_classes - 1} "
                          f"({num_classes} classes).")
     if not torch.isfinite(out).all():
@@ -87,36 +94,165 @@ def check_classifier(model: nn.Module, x: torch.Tensor, num_classes: int) -> int
     return int(out.shape[1])
 
 
+OUTPUT_READINGS = {
+    "logits": "logits [N, C], read as they are",
+    "probabilities": "class probabilities [N, C] (a softmax at its end): log p is read as its logits",
+    "one logit": "one output, the logit of class 1 (a binary classifier as BCEWithLogitsLoss trains it): read as "
+                 "the two logits [0, z], whose softmax is its sigmoid",
+    "one probability": "one output, the probability of class 1 (a sigmoid at its end): read as the "
+                       "log-probabilities [log(1 - p), log p]",
+}
+
+
 class ProbabilitiesAsLogits(nn.Module):
     """A classifier whose outputs are class probabilities (a softmax at its end, as Keras models and many ONNX
     exports have), read as logits: log p, whose softmax is p again. The losses, confidences and likelihood ratios
     the attacks compute are then the model's own (a softmax over probabilities would flatten them all towards
-    uniform), and its decision boundary, where two log-probabilities are equal, is the model's."""
+    uniform), and its decision boundary, where two log-probabilities are equal, is the model's. With
+    `before_softmax` (`logits_before`: the same network without its final softmax, sharing its layers), the
+    logits z themselves are read: log_softmax(z) is log p without the rounding of p (no probability underflows
+    to 0, so no loss is capped and no gradient vanishes)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, before_softmax: nn.Module | None = None):
         super().__init__()
-        self.model = model
+        self.model = model if before_softmax is None else before_softmax
+        self.before_activation = before_softmax is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.before_activation:
+            return self.model(x)
         p = self.model(x)
         return torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))
 
 
-def outputs_probabilities(model: nn.Module, x: torch.Tensor) -> bool:
-    """Whether the model's outputs on `x` are probability vectors: every output in [0, 1] and every row summing
-    to 1 (within 1e-4). Log-softmax outputs are logits already (their softmax is the model's probabilities)."""
+class OneOutputAsLogits(nn.Module):
+    """A binary classifier with one output, read as two-class logits: a logit z as [0, z] (softmax: [1 - sigmoid(z),
+    sigmoid(z)], so cross-entropy on it is the binary cross-entropy the model trained with), a sigmoid probability
+    p as [log(1 - p), log p], or, with `before_sigmoid` (`logits_before`: the network without its final sigmoid),
+    as [0, z] from its logit z: float32 rounds p to exactly 1 once z passes about 17, where log(1 - p) and every
+    gradient through p vanish; z keeps them. The decision boundary (z = 0, p = 1/2) is the model's, and the
+    losses and confidences are its own."""
+
+    def __init__(self, model: nn.Module, probability: bool, before_sigmoid: nn.Module | None = None):
+        super().__init__()
+        self.model = model if before_sigmoid is None else before_sigmoid
+        self.probability, self.before_activation = probability, before_sigmoid is not None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x).reshape(len(x), 1)
+        if not self.probability or self.before_activation:
+            return torch.cat([torch.zeros_like(out), out], 1)
+        below_one = 1 - torch.finfo(out.dtype).eps / 2  # the largest float under 1: log(1 - p) stays finite
+        tiny = torch.finfo(out.dtype).tiny
+        return torch.cat([torch.log1p(-out.clamp(max=below_one)), torch.log(out.clamp_min(tiny))], 1)
+
+
+def _final_activation(gm: torch.fx.GraphModule, node, kind: str) -> bool:
+    """Whether a traced node is a softmax over dimension 1 / -1 (kind "softmax") or a sigmoid (kind "sigmoid")."""
+    if node.op == "call_module":
+        layer = gm.get_submodule(node.target)
+        return (type(layer) is nn.Sigmoid if kind == "sigmoid"
+                else type(layer) is nn.Softmax and layer.dim in (1, -1))
+    if kind == "sigmoid":
+        return ((node.op == "call_function" and node.target in (torch.sigmoid, torch.special.expit,
+                                                                nn.functional.sigmoid))
+                or (node.op == "call_method" and node.target == "sigmoid")) and len(node.args) == 1
+    is_softmax = ((node.op == "call_function" and node.target in (torch.softmax, nn.functional.softmax))
+                  or (node.op == "call_method" and node.target == "softmax"))
+    dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    return is_softmax and dim in (1, -1) and set(node.kwargs) <= {"dim"} and len(node.args) <= 2
+
+
+def logits_before(model: nn.Module, kind: str, x: torch.Tensor) -> nn.Module | None:
+    """The network without its final softmax (kind "softmax") or sigmoid (kind "sigmoid"), sharing its layers: the
+    model traced with torch.fx, its output moved from the activation to the activation's input. Kept only where
+    that activation of it gives the model's own outputs on `x` (within 1e-6 + 1e-5 relative); None where the model
+    cannot be traced, does not end in such an activation, or disagrees."""
+    try:
+        gm = torch.fx.symbolic_trace(model)
+        out = next(n for n in gm.graph.nodes if n.op == "output")
+        node = out.args[0]
+        if not isinstance(node, torch.fx.Node) or not node.args or not _final_activation(gm, node, kind):
+            return None
+        out.args = (node.args[0],)
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+        gm.train(model.training)
+        with torch.no_grad():
+            z, p = gm(x), model(x)
+            again = torch.sigmoid(z) if kind == "sigmoid" else torch.softmax(z, 1)
+            agrees = again.shape == p.shape and torch.allclose(again.double(), p.double(), rtol=1e-5, atol=1e-6)
+    except Exception:  # untraceable (control flow on values, unusual outputs): read the outputs as they are
+        return None
+    return gm if agrees else None
+
+
+def _far_inputs(x: torch.Tensor) -> torch.Tensor:
+    """x moved far outside any input box (seeded noise of scale 100): a sigmoid or softmax output stays in
+    [0, 1] there, a logit leaves it."""
+    gen = torch.Generator().manual_seed(0)
+    return x + 100 * torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
+
+
+def output_reading(model: nn.Module, x: torch.Tensor) -> str:
+    """How the model's outputs on `x` are read (a key of OUTPUT_READINGS): probability vectors (every output in
+    [0, 1], every row summing to 1 within 1e-4) or logits; with one output, a probability where it lies in [0, 1]
+    on `x` and on `x` moved far out of the box (an untrained or a confident logit model leaves [0, 1] there),
+    else a logit. Log-softmax outputs are logits already (their softmax is the model's probabilities)."""
+    def in_unit(out: torch.Tensor) -> bool:
+        return bool(torch.isfinite(out).all() and ((out >= 0) & (out <= 1)).all())
+
     with torch.no_grad():
         out = model(x).double()
-    return bool(out.ndim == 2 and out.shape[1] > 1 and ((out >= 0) & (out <= 1)).all()
-                and torch.allclose(out.sum(1), torch.ones_like(out[:, 0]), rtol=0.0, atol=1e-4))
+        if out.ndim == 1 or (out.ndim == 2 and out.shape[1] == 1):
+            if not in_unit(out):
+                return "one logit"
+            try:
+                far = model(_far_inputs(x)).double()
+            except Exception:  # a model that cannot run outside its box: read on `x` alone
+                return "one probability"
+            return "one probability" if in_unit(far) else "one logit"
+    if (out.ndim == 2 and out.shape[1] > 1 and ((out >= 0) & (out <= 1)).all()
+            and torch.allclose(out.sum(1), torch.ones_like(out[:, 0]), rtol=0.0, atol=1e-4)):
+        return "probabilities"
+    return "logits"
+
+
+def read_as(model: nn.Module, reading: str, x: torch.Tensor) -> nn.Module:
+    """The model wrapped so that its outputs are logits [N, C >= 2], as `reading` (OUTPUT_READINGS) says they are;
+    probabilities through the logits before the final softmax / sigmoid where `logits_before` finds them (checked
+    on `x`)."""
+    if reading == "logits":
+        return model
+    if reading == "probabilities":
+        return ProbabilitiesAsLogits(model, logits_before(model, "softmax", x))
+    if reading == "one logit":
+        return OneOutputAsLogits(model, probability=False)
+    if reading == "one probability":
+        return OneOutputAsLogits(model, probability=True, before_sigmoid=logits_before(model, "sigmoid", x))
+    raise ValueError(f"unknown output reading {reading!r}; known: {', '.join(OUTPUT_READINGS)}")
+
+
+def through_logits(model: nn.Module) -> bool:
+    """Whether a model returned by `as_logits` / `read_as` reads probabilities through the logits before them."""
+    return bool(getattr(model, "before_activation", False))
+
+
+def reading_of(model: nn.Module) -> str:
+    """How a model returned by `as_logits` / `read_as` reads its inner model's outputs."""
+    if isinstance(model, ProbabilitiesAsLogits):
+        return "probabilities"
+    if isinstance(model, OneOutputAsLogits):
+        return "one probability" if model.probability else "one logit"
+    return "logits"
 
 
 def as_logits(model: nn.Module, x: torch.Tensor) -> nn.Module:
-    """The model itself where it outputs logits on `x` (or is read as logits already); wrapped in
-    `ProbabilitiesAsLogits` where it outputs probabilities."""
-    if isinstance(model, ProbabilitiesAsLogits) or not outputs_probabilities(model, x):
+    """The model itself where it outputs logits on `x` (or is read as logits already); else wrapped so that it
+    does (`output_reading`, `read_as`)."""
+    if isinstance(model, (ProbabilitiesAsLogits, OneOutputAsLogits)):
         return model
-    return ProbabilitiesAsLogits(model)
+    return read_as(model, output_reading(model, x), x)
 
 
 def max_upload_bytes() -> int:

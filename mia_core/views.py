@@ -81,8 +81,18 @@ def audit_note(record: RunRecord) -> str | None:
              f"reference models: {a.retraining}" if a.retraining else
              "no reference models (no factory given: LiRA and RMIA are unavailable)"]
     if a.outputs == "probabilities":
-        parts.append("your model outputs probabilities (a softmax at its end): their logarithm is read as its "
-                     "logits, so losses and confidences are its own")
+        parts.append("your model outputs probabilities (a softmax at its end): " + (
+            "the logits before that softmax are read (its graph shows them), so losses and confidences are its "
+            "own, without the rounding of p" if a.logits_before_activation else
+            "their logarithm is read as its logits, so losses and confidences are its own"))
+    elif a.outputs == "one logit":
+        parts.append("your model has one output, the logit z of class 1: it is read as the two logits [0, z], "
+                     "whose softmax is its sigmoid, so losses and confidences are its own")
+    elif a.outputs == "one probability":
+        parts.append("your model has one output, the probability p of class 1 (a sigmoid at its end): " + (
+            "the logit z before that sigmoid is read as the two logits [0, z] (its graph shows it), so losses "
+            "and confidences are its own, without the rounding of p to 1" if a.logits_before_activation else
+            "[log(1 - p), log p] is read as its logits, so losses and confidences are its own"))
     if a.onnx_max_difference is not None:
         parts.append(f"ONNX converted and checked against ONNX Runtime (largest difference "
                      f"{a.onnx_max_difference:.1e})")

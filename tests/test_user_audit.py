@@ -119,11 +119,18 @@ def test_a_model_that_outputs_probabilities_is_audited_on_its_own_losses(user_se
     run = mia_core.audit(ending_in_softmax, members, nonmembers, bounds=(-2, 2), config=FAST, store=tmp_path / "b",
                          model_factory="test_user_audit:softmax_mlp_factory", recipe=recipe)
     assert plain.record.audit.outputs == "logits" and run.record.audit.outputs == "probabilities"
+    assert run.record.audit.logits_before_activation  # read through the logits before the softmax
     assert "outputs probabilities" in views.audit_note(run.record)
     for score in ("loss", "confidence", "entropy", "modified_entropy"):
         for group in ("members", "nonmembers"):
             np.testing.assert_allclose(run.scores(score, group), plain.scores(score, group), rtol=1e-4, atol=1e-5)
         assert run.record.attacks[score].auc == pytest.approx(plain.record.attacks[score].auc, abs=1e-3)
+    from mia_core.user_models import ProbabilitiesAsLogits
+
+    x = torch.from_numpy(run.dataset.x[:64])  # without a graph to trace, log p itself is read
+    untraced = ProbabilitiesAsLogits(ending_in_softmax)
+    with torch.no_grad():
+        np.testing.assert_allclose(untraced(x).log_softmax(1).numpy(), net(x).log_softmax(1).numpy(), atol=1e-5)
     # the boundary is the network's: the searches' examples flip it, at about the same distances
     g = run.table["members"]
     ok = np.isfinite(g.scores["distance_l2"]) & (g.scores["distance_l2"] > 0)
@@ -226,3 +233,144 @@ def test_an_audit_of_a_python_module_opens_on_every_page_and_the_table_demo_runs
     options = at.selectbox(key="explore_farthest_members").options  # classes by their names in the table
     assert options and all(("malignant" in o or "benign" in o) and " → " in o for o in options)
     assert not [s for s in at.slider if s.key == "explorer_amplify"]  # no image to amplify
+
+
+class OneLogitMLP(nn.Module):
+    """A binary classifier as BCEWithLogitsLoss trains it: one output, the logit of class 1, shaped [N]."""
+
+    def __init__(self, d: int, width: int = 64):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(d, width), nn.ReLU(), nn.Linear(width, 1))
+
+    def forward(self, x):
+        return self.body(x.flatten(1))[:, 0]
+
+
+def one_logit_factory(input_shape, num_classes):
+    return OneLogitMLP(int(np.prod(input_shape)))
+
+
+@pytest.fixture(scope="module")
+def binary_setup():
+    """breast-cancer (two classes, features in [0, 1]): 150 members, a one-logit MLP fitted with binary
+    cross-entropy until it is confident on them."""
+    ds = load_dataset("breast_cancer")
+    perm = np.random.default_rng(0).permutation(len(ds.x))
+    m, n = perm[:150], perm[150:450]
+    torch.manual_seed(0)
+    net = OneLogitMLP(ds.x.shape[1])
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    xm, ym = torch.from_numpy(ds.x[m]), torch.from_numpy(ds.y[m]).float()
+    for _ in range(200):
+        opt.zero_grad()
+        nn.functional.binary_cross_entropy_with_logits(net(xm), ym).backward()
+        opt.step()
+    return net.eval(), (ds.x[m], ds.y[m]), (ds.x[n], ds.y[n])
+
+
+def _two_logit_twin(net: OneLogitMLP) -> nn.Module:
+    """The same network with an ordinary two-logit head [0, z] (a zero row above the logit's row)."""
+    twin = nn.Sequential(nn.Flatten(), net.body[0], net.body[1], nn.Linear(net.body[2].in_features, 2))
+    with torch.no_grad():
+        twin[3].weight.copy_(torch.cat([torch.zeros_like(net.body[2].weight), net.body[2].weight]))
+        twin[3].bias.copy_(torch.cat([torch.zeros_like(net.body[2].bias), net.body[2].bias]))
+    return twin.eval()
+
+
+def test_a_binary_classifier_with_one_logit_is_audited_as_its_two_class_twin(binary_setup, tmp_path):
+    """One output z (BCEWithLogitsLoss) is read as the logits [0, z]: every score is the one an ordinary
+    two-logit head with the same function gives, the searches' examples flip the one-output model itself, and
+    reference copies of the one-output architecture train with LiRA and RMIA defined."""
+    net, members, nonmembers = binary_setup
+    run = mia_core.audit(net, members, nonmembers, config=FAST, store=tmp_path / "a")
+    twin = mia_core.audit(_two_logit_twin(net), members, nonmembers, config=FAST, store=tmp_path / "b")
+    assert run.record.audit.outputs == "one logit" and twin.record.audit.outputs == "logits"
+    assert "one output, the logit z of class 1" in views.audit_note(run.record)
+    assert run.record.train_accuracy == twin.record.train_accuracy == 1.0
+    assert run.record.test_accuracy == twin.record.test_accuracy
+    for score in ("loss", "confidence", "entropy", "distance_l2", "distance_linf"):
+        for group in ("members", "nonmembers"):  # distances: searches from logits equal up to their last bits
+            np.testing.assert_allclose(run.scores(score, group), twin.scores(score, group),
+                                       rtol=1e-3 if score.startswith("distance") else 1e-5, atol=1e-6)
+    for group in ("members", "nonmembers"):  # the label-only searches see the same labels
+        same = np.isclose(run.scores("label_only_l2", group), twin.scores("label_only_l2", group), rtol=1e-3)
+        assert same.mean() > 0.95
+    g = run.table["members"]
+    ok = np.isfinite(g.scores["distance_l2"]) & (g.scores["distance_l2"] > 0)
+    assert ok.all()  # a logit does not saturate: every search finds the boundary
+    with torch.no_grad():
+        z = net(torch.from_numpy(np.array(g.artifacts["x_adv_distance_l2"])))
+    assert ((z > 0).numpy().astype(int) != g.label).all()  # the one-output model's own decision flips
+    # reference copies of the one-output architecture (the factory is called with the audit's two classes)
+    recipe = TrainingRecipe(epochs=40, lr=1e-2)
+    with_refs = mia_core.audit(net, members, nonmembers, config=FAST, store=tmp_path / "a",
+                               model_factory="test_user_audit:one_logit_factory", recipe=recipe)
+    for attack in ("lira_online", "lira_offline", "rmia_online", "rmia_offline"):
+        assert with_refs.record.attacks[attack].defined and attack not in with_refs.record.unavailable
+    assert with_refs.record.attacks["lira_online"].auc > 0.5
+
+
+class CheckedSigmoid(nn.Module):
+    """A sigmoid head that checks its outputs (control flow on values: torch.fx cannot trace it)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        p = torch.sigmoid(self.net(x))
+        if not torch.isfinite(p).all():
+            raise ValueError("non-finite output")
+        return p
+
+
+def test_a_binary_classifier_ending_in_a_sigmoid_is_read_through_its_logit(binary_setup, tmp_path):
+    """One output p in [0, 1] (a sigmoid at the end, as Keras binary classifiers have). Where its graph shows the
+    logit before the sigmoid, that logit is read, so the audit is the one-logit network's, bit for bit: float32
+    rounds p to exactly 1 for the members it is most confident on, where log(1 - p) and every gradient through p
+    vanish. Where it cannot be traced, p is read as [log(1 - p), log p]: its decision is p > 1/2 and its losses
+    the logit's up to the rounding of p, finite even where p is exactly 1."""
+    net, members, nonmembers = binary_setup
+    logit = mia_core.audit(net, members, nonmembers, config=FAST, store=tmp_path)
+    run = mia_core.audit(nn.Sequential(net, nn.Sigmoid()).eval(), members, nonmembers, config=FAST, store=tmp_path)
+    assert run.record.audit.outputs == "one probability" and run.record.audit.logits_before_activation
+    assert "before that sigmoid" in views.audit_note(run.record) and run.run_id != logit.run_id
+    for group in ("members", "nonmembers"):
+        for score, values in logit.table[group].scores.items():
+            np.testing.assert_array_equal(run.scores(score, group), values, err_msg=score)
+    checked = mia_core.audit(CheckedSigmoid(net).eval(), members, nonmembers, config=FAST, store=tmp_path)
+    assert checked.record.audit.outputs == "one probability" and not checked.record.audit.logits_before_activation
+    assert "[log(1 - p), log p] is read" in views.audit_note(checked.record)
+    assert checked.record.test_accuracy == logit.record.test_accuracy
+    saturated = 0
+    for group in ("members", "nonmembers"):
+        x = torch.from_numpy(checked.dataset.x[checked.table[group].index])
+        with torch.no_grad():
+            z, p = net(x).double(), torch.sigmoid(net(x))
+        unsaturated = (z.abs() < 12).numpy()  # where float32 p keeps its digits
+        np.testing.assert_allclose(checked.scores("loss", group)[unsaturated],
+                                   logit.scores("loss", group)[unsaturated], rtol=1e-4, atol=1e-6)
+        assert np.isfinite(checked.scores("loss", group)).all()
+        saturated += int((p == 1).sum())
+    assert saturated > 10  # the case the logit is read for
+
+
+def test_one_output_is_a_binary_classifiers_and_untrained_heads_are_read_right(binary_setup, store):
+    net, members, nonmembers = binary_setup
+    xm, ym = members
+    with pytest.raises(ModelError, match="one output \\(a binary classifier's\\) but the labels go up to 2"):
+        mia_core.audit(net, (xm, np.where(ym == 1, 2, ym)), nonmembers, config=FAST, store=store)
+    assert not store.exists()
+    from mia_core.user_models import output_reading
+
+    probe = torch.from_numpy(xm[:64])
+    torch.manual_seed(5)
+    logit_head = nn.Linear(30, 1)
+    with torch.no_grad():  # untrained, centred at 0.5: its outputs on the data all lie in [0, 1]
+        logit_head.weight.mul_(0.01)
+        logit_head.bias.fill_(0.5)
+        assert ((logit_head(probe) > 0) & (logit_head(probe) < 1)).all()
+    for head, reading in ((logit_head, "one logit"), (nn.Sequential(nn.Linear(30, 1), nn.Sigmoid()), "one probability"),
+                          (nn.Sequential(nn.Linear(30, 3), nn.Softmax(1)), "probabilities"),
+                          (nn.Linear(30, 3), "logits")):
+        assert output_reading(head.eval(), probe) == reading

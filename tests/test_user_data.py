@@ -274,6 +274,7 @@ def test_a_reshape_to_a_constant_shape_with_a_zero_keeps_allowzero():
 
 
 def test_an_onnx_model_ending_in_a_softmax_is_audited_and_reopened_on_its_log_probabilities(tmp_path):
+    """Read through the logits before its softmax (the converted graph shows them): log p without p's rounding."""
     data, ds, prepared = _pets_with_every_third_a_member(tmp_path)
     torch.manual_seed(0)
     net = nn.Sequential(SmallConvNet(), nn.Softmax(dim=1)).eval()
@@ -283,14 +284,14 @@ def test_an_onnx_model_ending_in_a_softmax_is_audited_and_reopened_on_its_log_pr
     cfg = ExperimentConfig(bootstrap_rounds=20, label_only_queries=150, reference_scored=60, distance_method="deepfool")
     run = audit_onnx(blob, ds, prepared.split, prepared.reference, data_label=data.source, file_name="pets.onnx",
                      config=cfg, store=tmp_path / "store")
-    assert run.record.audit.outputs == "probabilities"
+    assert run.record.audit.outputs == "probabilities" and run.record.audit.logits_before_activation
     x = torch.from_numpy(ds.x)
     with torch.no_grad():
         log_p = torch.log(net(x)).double().numpy()
         g = run.table["members"]
         np.testing.assert_allclose(run.scores("loss", "members"), log_p[g.index, g.label], atol=1e-4)  # log p_y
         again = load_run(run.run_id, store=tmp_path / "store")  # reopened: read as the audit read it
-        np.testing.assert_allclose(again.model(x).numpy(), log_p, atol=1e-4)
+        np.testing.assert_allclose(again.model(x).log_softmax(1).numpy(), log_p, atol=1e-4)
 
 
 def test_reference_models_are_re_initialized_copies_of_the_onnx_graph(tmp_path):
@@ -486,6 +487,57 @@ def test_the_cli_audits_a_csv_with_a_users_factory(patients, tmp_path, capsys, m
                  "clinic_models:mlp", "--store", str(store), *FAST_FLAGS]) == 0
     trained = [r for r in list_runs(store) if r.record.audit is None][0].record
     assert trained.config.model == "factory:clinic_models:mlp" and trained.attacks["lira_online"].defined
+
+
+def test_binary_classifiers_with_one_output_run_through_the_cli(patients, tmp_path, capsys, monkeypatch):
+    """A one-logit factory (BCEWithLogitsLoss's form) trains a run of the product and an audit, and a Keras-style
+    ONNX model ending in Dense(1) + sigmoid is audited with reference copies of its graph: the copies and the
+    model are read through the logit before the sigmoid, and every reference-model attack is defined."""
+    path, frame = patients
+    (tmp_path / "binary_models.py").write_text(textwrap.dedent("""
+        import math
+        from torch import nn
+        def one_logit(input_shape, num_classes):
+            return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), 32), nn.ReLU(), nn.Linear(32, 1))
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    store = tmp_path / "store"
+    assert main(["run", "--dataset", "breast_cancer", "--members", "100", "--epochs", "20", "--model-factory",
+                 "binary_models:one_logit", "--store", str(store), *FAST_FLAGS]) == 0
+    trained = list_runs(store)[0].record
+    assert trained.attacks["lira_online"].defined and trained.test_accuracy > 0.85
+    table = ["--data", str(path), "--label-column", "diagnosis", "--membership-column", "member",
+             "--id-column", "patient_id", "--store", str(store), *FAST_FLAGS]
+    assert main(["audit", *table, "--model-factory", "binary_models:one_logit", "--epochs", "20"]) == 0
+    audited = [r.record for r in list_runs(store) if r.record.audit is not None][0]
+    assert audited.audit.outputs == "one logit" and audited.attacks["rmia_online"].defined
+    data = read_table(path, label_column="diagnosis", membership_column="member", id_column="patient_id")
+    x, y = torch.from_numpy(data.dataset.x), torch.from_numpy(data.dataset.y).float()
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(x.shape[1], 64), nn.ReLU(), nn.Linear(64, 1), nn.Sigmoid())
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    m = torch.from_numpy(data.members.copy())
+    for _ in range(150):
+        opt.zero_grad()
+        nn.functional.binary_cross_entropy(net(x[m])[:, 0], y[m]).backward()
+        opt.step()
+    (tmp_path / "clinic.onnx").write_bytes(_onnx_bytes(net.eval(), x[:2]))
+    capsys.readouterr()
+    assert main(["audit", *table, "--onnx", str(tmp_path / "clinic.onnx"), "--onnx-references", "--epochs", "20",
+                 "--out", str(tmp_path / "out")]) == 0
+    assert "the logit z before that sigmoid is read" in " ".join(capsys.readouterr().out.split())
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["audit"]["outputs"] == "one probability" and summary["audit"]["logits_before_activation"]
+    run = load_run([r for r in list_runs(store) if r.record.audit and r.record.audit.model_kind == "onnx"][0].run_id,
+                   store=store)
+    assert all(run.record.attacks[a].defined for a in ("lira_online", "lira_offline", "rmia_online"))
+    with torch.no_grad():
+        z = net[:3](torch.from_numpy(run.dataset.x)).double()[:, 0].numpy()
+    g = run.table["members"]
+    p1 = 1 / (1 + np.exp(-z[g.index]))
+    np.testing.assert_allclose(np.exp(run.scores("loss", "members")), np.where(g.label == 1, p1, 1 - p1), rtol=1e-4)
+    assert (z[g.index] > 15).sum() > 5  # members whose float32 p is exactly 1: their distances are found all the same
+    assert np.isfinite(run.scores("distance_l2", "members")).all()
 
 
 def test_breast_cancer_is_embedded_and_runs_with_the_table_models(tmp_path):
