@@ -347,8 +347,10 @@ class RowChunks(nn.Module):
     the cores' caches and the allocator's reused memory: a 28x28 CNN of width 256 (its search copy, ReLUs in
     place) answered about 5,000 queries a second in chunks of 128 against 2,300 in one pass over 2,048, and took
     1.3-1.6x the gradients a second in chunks of 64 as in chunks of 512 (bench/chunks.py). oneDNN
-    computes each sample on its own, so the outputs and gradients are the same bits whatever the chunk of equal
-    size (tests/test_distances.py checks them; a last, smaller chunk may differ by float noise)."""
+    computes each sample on its own, so the outputs and gradients are the same bits whichever samples share a
+    chunk of equal size (tests/test_distances.py checks them); a chunk of another size (a last, smaller one; one
+    pass over all samples) may take another kernel and differ by float noise (on an AVX512-BF16 CPU it did not;
+    on an AVX512 CPU without BF16, 512 samples of a narrow convolution did)."""
 
     def __init__(self, model: nn.Module, rows: int = CPU_CONV_ROWS):
         super().__init__()
@@ -379,8 +381,8 @@ def inference_rows(model: nn.Module, default: int) -> int:
 @torch.no_grad()
 def logits_in_rows(model: nn.Module, x: torch.Tensor, rows: int | None = None) -> torch.Tensor:
     """model(x) without gradients, `inference_rows(model, rows)` samples at a time (rows None: all at once
-    where the device allows it): the same bits as one pass (oneDNN computes each sample on its own), holding
-    one chunk's activations."""
+    where the device allows it), holding one chunk's activations: each sample's logits are the same bits whatever
+    shares its chunk, and within float noise of one pass (see RowChunks)."""
     rows = inference_rows(model, rows or max(len(x), 1))
     if len(x) <= rows:
         return model(x)
