@@ -163,18 +163,32 @@ def _final_activation(gm: torch.fx.GraphModule, node, kind: str) -> bool:
     return is_softmax and dim in (1, -1) and set(node.kwargs) <= {"dim"} and len(node.args) <= 2
 
 
+_SHAPE_METHODS = {"squeeze", "unsqueeze", "view", "reshape", "flatten", "contiguous"}
+_SHAPE_FUNCTIONS = {torch.squeeze, torch.unsqueeze, torch.reshape, torch.flatten}
+
+
+def _shape_only(gm: torch.fx.GraphModule, node) -> bool:
+    """Whether a traced node only reshapes its first argument (squeeze, view, flatten...)."""
+    return ((node.op == "call_method" and node.target in _SHAPE_METHODS)
+            or (node.op == "call_function" and node.target in _SHAPE_FUNCTIONS)
+            or (node.op == "call_module" and type(gm.get_submodule(node.target)) in (nn.Flatten, nn.Unflatten)))
+
+
 def logits_before(model: nn.Module, kind: str, x: torch.Tensor) -> nn.Module | None:
     """The network without its final softmax (kind "softmax") or sigmoid (kind "sigmoid"), sharing its layers: the
-    model traced with torch.fx, its output moved from the activation to the activation's input. Kept only where
-    that activation of it gives the model's own outputs on `x` (within 1e-6 + 1e-5 relative); None where the model
-    cannot be traced, does not end in such an activation, or disagrees."""
+    model traced with torch.fx, the activation (the output's node, or the node a chain of reshapes such as
+    `.squeeze(1)` leads back to) replaced by its input. Kept only where that activation of it gives the model's
+    own outputs on `x` (within 1e-6 + 1e-5 relative); None where the model cannot be traced, does not end in
+    such an activation, or disagrees."""
     try:
         gm = torch.fx.symbolic_trace(model)
-        out = next(n for n in gm.graph.nodes if n.op == "output")
-        node = out.args[0]
-        if not isinstance(node, torch.fx.Node) or not node.args or not _final_activation(gm, node, kind):
+        node = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+        while isinstance(node, torch.fx.Node) and node.args and _shape_only(gm, node) and len(node.users) == 1:
+            node = node.args[0]
+        if (not isinstance(node, torch.fx.Node) or not node.args or len(node.users) != 1
+                or not _final_activation(gm, node, kind)):
             return None
-        out.args = (node.args[0],)
+        node.replace_all_uses_with(node.args[0])
         gm.graph.eliminate_dead_code()
         gm.recompile()
         gm.train(model.training)

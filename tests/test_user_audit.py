@@ -374,3 +374,35 @@ def test_one_output_is_a_binary_classifiers_and_untrained_heads_are_read_right(b
                           (nn.Sequential(nn.Linear(30, 3), nn.Softmax(1)), "probabilities"),
                           (nn.Linear(30, 3), "logits")):
         assert output_reading(head.eval(), probe) == reading
+
+
+class SqueezedSigmoid(nn.Module):
+    """The usual BCE head: `torch.sigmoid(...).squeeze(1)` (a reshape after the activation)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(30, 1)
+
+    def forward(self, x):
+        return torch.sigmoid(self.lin(x)).squeeze(1)
+
+
+def test_the_logit_before_a_final_sigmoid_or_softmax_is_found_through_reshapes_and_checked(binary_setup):
+    from mia_core.user_models import read_as, through_logits
+
+    _, (xm, _), _ = binary_setup
+    x = torch.from_numpy(xm[:64])
+    torch.manual_seed(0)
+    head = SqueezedSigmoid().eval()
+    with torch.no_grad():
+        head.lin.weight.mul_(400)  # confident: p rounds to 1 for some inputs
+        p = head(x).double()
+        z = head.lin(x).double()[:, 0]
+    read = read_as(head, "one probability", x)
+    assert through_logits(read) and (p == 1).any()
+    with torch.no_grad():
+        logp = read(x).double().log_softmax(1)
+    np.testing.assert_allclose(logp[:, 1].numpy(), nn.functional.logsigmoid(z).numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(logp[:, 0].numpy(), nn.functional.logsigmoid(-z).numpy(), rtol=1e-5, atol=1e-7)
+    assert (logp[:, 0][p == 1] < -np.log(2**24)).all()  # below what 1 - p can say in float32
+    assert not through_logits(read_as(CheckedSigmoid(head.lin).eval(), "one probability", x))  # untraceable
