@@ -122,7 +122,8 @@ def audit(model: nn.Module, members, nonmembers, reference=None, *, bounds=(0.0,
           feature_names: tuple[str, ...] | None = None) -> RunResult:
     """Audit a trained `model` (any nn.Module: [N, *shape] -> logits [N, C] or probabilities, or a binary
     classifier's one output, its logit or sigmoid probability; eval mode, no side effects, differentiable for the
-    white-box attacks) on its `members` and `nonmembers` ((x, y) pairs, inputs in `bounds`). `reference` (x, y) is the attacker's pool (default: a seeded `reference_share` of the non-members).
+    white-box attacks) on its `members` and `nonmembers` ((x, y) pairs, inputs in `bounds`). `reference` (x, y)
+    is the attacker's pool (default: a seeded `reference_share` of the non-members).
     `model_factory` (a callable returning a fresh model, or 'package.module:function' called with
     (input_shape, num_classes)) and `recipe` let the reference-model attacks train copies of the architecture.
     `config` supplies the evaluation settings (search, queries, bootstrap, shadow count). The run is stored and
@@ -177,8 +178,8 @@ def audit_prepared(model: nn.Module, ds: Dataset, split: Split, reference_how: s
         model_factory if isinstance(model_factory, str)
         else getattr(model_factory, "__qualname__", repr(model_factory)) if model_factory else None)
     ds, cfg, key, model = _audit_plan(model, ds, split, dev, model_digest=model_digest,
-                                             short_name=short_name, factory_name=factory_name, recipe=recipe,
-                                             seed=seed, config=config, device=device)
+                                      short_name=short_name, factory_name=factory_name, recipe=recipe,
+                                      seed=seed, config=config, device=device)
     builder = None
     if model_factory is not None:
         builder = ((lambda: build_from_factory(model_factory, ds.input_shape, ds.num_classes))  # noqa: E731

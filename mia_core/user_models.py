@@ -211,8 +211,8 @@ def _far_inputs(x: torch.Tensor) -> torch.Tensor:
 def output_reading(model: nn.Module, x: torch.Tensor) -> str:
     """How the model's outputs on `x` are read (a key of OUTPUT_READINGS): probability vectors (every output in
     [0, 1], every row summing to 1 within 1e-4) or logits; with one output, a probability where it lies in [0, 1]
-    on `x` and on `x` moved far out of the box (an untrained or a confident logit model leaves [0, 1] there),
-    else a logit. Log-softmax outputs are logits already (their softmax is the model's probabilities)."""
+    on `x` and on `x` moved far out of the box (an untrained or a confident logit model leaves [0, 1] there;
+    where the model fails or is not finite there, on `x` alone), else a logit. Log-softmax outputs are logits already (their softmax is the model's probabilities)."""
     def in_unit(out: torch.Tensor) -> bool:
         return bool(torch.isfinite(out).all() and ((out >= 0) & (out <= 1)).all())
 
@@ -225,7 +225,7 @@ def output_reading(model: nn.Module, x: torch.Tensor) -> str:
                 far = model(_far_inputs(x)).double()
             except Exception:  # a model that cannot run outside its box: read on `x` alone
                 return "one probability"
-            return "one probability" if in_unit(far) else "one logit"
+            return "one probability" if in_unit(far) or not torch.isfinite(far).all() else "one logit"
     if (out.ndim == 2 and out.shape[1] > 1 and ((out >= 0) & (out <= 1)).all()
             and torch.allclose(out.sum(1), torch.ones_like(out[:, 0]), rtol=0.0, atol=1e-4)):
         return "probabilities"
@@ -249,7 +249,7 @@ def read_as(model: nn.Module, reading: str, x: torch.Tensor) -> nn.Module:
 
 def through_logits(model: nn.Module) -> bool:
     """Whether a model returned by `as_logits` / `read_as` reads probabilities through the logits before them."""
-    return bool(getattr(model, "before_activation", False))
+    return isinstance(model, (ProbabilitiesAsLogits, OneOutputAsLogits)) and model.before_activation
 
 
 def reading_of(model: nn.Module) -> str:
