@@ -406,3 +406,14 @@ def test_the_logit_before_a_final_sigmoid_or_softmax_is_found_through_reshapes_a
     np.testing.assert_allclose(logp[:, 0].numpy(), nn.functional.logsigmoid(-z).numpy(), rtol=1e-5, atol=1e-7)
     assert (logp[:, 0][p == 1] < -np.log(2**24)).all()  # below what 1 - p can say in float32
     assert not through_logits(read_as(CheckedSigmoid(head.lin).eval(), "one probability", x))  # untraceable
+    import io
+
+    from mia_core.user_models import as_logits, load_onnx
+
+    buf = io.BytesIO()  # the same head as ONNX: Sigmoid, then Squeeze (onnx2torch's own module)
+    torch.onnx.export(head, (x[:2],), buf, dynamo=False, input_names=["x"], output_names=["p"],
+                      dynamic_axes={"x": {0: "n"}, "p": {0: "n"}})
+    converted = as_logits(load_onnx(buf.getvalue(), xm[:8], num_classes=2).module.eval(), x)
+    assert through_logits(converted)
+    with torch.no_grad():
+        np.testing.assert_allclose(converted(x).double().log_softmax(1).numpy(), logp.numpy(), rtol=1e-5, atol=1e-6)
