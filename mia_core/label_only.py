@@ -118,11 +118,15 @@ class _Oracle:
 
     @torch.no_grad()
     def labels(self, x: torch.Tensor) -> torch.Tensor:
+        if not len(x):  # an empty batch is not asked: some models (attention reshapes) cannot take one
+            return torch.zeros(0, dtype=torch.long, device=x.device)
         rows = self.rows or len(x)
         return torch.cat([self.model(x[i : i + rows]).argmax(1) for i in range(0, len(x), max(rows, 1))])
 
     @torch.no_grad()
     def is_adversarial(self, x: torch.Tensor, y: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+        if not len(x):
+            return torch.zeros(0, dtype=torch.bool, device=x.device)
         self.count.index_add_(0, owner, torch.ones_like(owner))
         if self.rows is None or len(x) <= self.rows:
             return self.model(x).argmax(1) != y

@@ -35,8 +35,8 @@ from .store import Store, atomic_folder, config_hash, discard_folder, folder_pro
 from .training import accuracy, save_checkpoint
 from .user_data import MIN_GROUP, PreparedData
 from .user_models import (
-    ModelError, OnnxModel, as_logits, build_from_factory, check_classifier, fresh_onnx_copy, load_onnx,
-    output_reading, read_as, reading_of, state_digest, through_logits,
+    LogitsField, ModelError, OnnxModel, as_logits, build_from_factory, check_classifier, fresh_onnx_copy,
+    load_onnx, output_reading, read_as, reading_of, state_digest, through_logits, with_tensor_output,
 )
 
 NO_FACTORY = ("needs reference models of the audited architecture: give a model factory and a training recipe "
@@ -188,10 +188,12 @@ def audit_prepared(model: nn.Module, ds: Dataset, split: Split, reference_how: s
         if not isinstance(fresh, nn.Module):
             raise ModelError("model_factory() must return a fresh torch.nn.Module.")
         probe = output_probe(ds, split)
-        copies_read = output_reading(fresh.eval(), probe)
-        if copies_read != "logits":
+        fresh = with_tensor_output(fresh.eval(), probe)
+        copies_read = output_reading(fresh, probe)
+        if copies_read != "logits" or isinstance(fresh, LogitsField):
             plain_builder = builder  # its copies train on what their outputs are read as (log p; [0, z])
-            builder = lambda: read_as(plain_builder().eval(), copies_read, probe).train()  # noqa: E731
+            field = LogitsField if isinstance(fresh, LogitsField) else (lambda m: m)
+            builder = lambda: read_as(field(plain_builder().eval()), copies_read, probe).train()  # noqa: E731
     info = AuditInfo(model=model_label, model_kind=model_kind, data=data_label, bounds=tuple(ds.bounds),
                      reference=reference_how,
                      retraining=None if builder is None else f"copies of {factory_name}, {recipe.describe()}",

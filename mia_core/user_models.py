@@ -76,8 +76,10 @@ def check_classifier(model: nn.Module, x: torch.Tensor, num_classes: int) -> int
                          f"{str(err)[:300]}); does it take inputs of this shape?") from None
     finally:
         model.train(was_training)
+    out = logits_field(out)
     if not isinstance(out, torch.Tensor):
-        raise ModelError(f"The model returned a {type(out).__name__}; it must return a tensor of logits [N, C].")
+        raise ModelError(f"The model returned a {type(out).__name__}; it must return a tensor of logits [N, C] (or "
+                         "an output with a `logits` tensor, as Hugging Face models return).")
     if out.ndim == 1 and out.shape[0] == n:
         out = out[:, None]
     if out.ndim != 2 or out.shape[0] != n:
@@ -92,6 +94,39 @@ def check_classifier(model: nn.Module, x: torch.Tensor, num_classes: int) -> int
     if not torch.isfinite(out).all():
         raise ModelError("The model's outputs contain NaN or infinite values on the data.")
     return int(out.shape[1])
+
+
+def logits_field(out):
+    """The logits in a model's output: the output itself where it is a tensor, else its `logits` (an attribute or
+    a key, as Hugging Face's `ModelOutput` holds them); anything else as it is."""
+    if isinstance(out, torch.Tensor):
+        return out
+    field = getattr(out, "logits", None)
+    if field is None and isinstance(out, dict):
+        field = out.get("logits")
+    return field if isinstance(field, torch.Tensor) else out
+
+
+class LogitsField(nn.Module):
+    """A model whose output holds its logits in a field (Hugging Face's `ModelOutput.logits`, a dict's "logits"),
+    answering those logits."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return logits_field(self.model(x))
+
+
+def with_tensor_output(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """The model itself where it answers `x` with a tensor; wrapped in `LogitsField` where its output holds the
+    logits in a field."""
+    if isinstance(model, LogitsField):
+        return model
+    with torch.no_grad():
+        out = model(x[:2])
+    return model if isinstance(out, torch.Tensor) or logits_field(out) is out else LogitsField(model)
 
 
 OUTPUT_READINGS = {
@@ -263,9 +298,10 @@ def reading_of(model: nn.Module) -> str:
 
 def as_logits(model: nn.Module, x: torch.Tensor) -> nn.Module:
     """The model itself where it outputs logits on `x` (or is read as logits already); else wrapped so that it
-    does (`output_reading`, `read_as`)."""
+    does (`with_tensor_output`, `output_reading`, `read_as`)."""
     if isinstance(model, (ProbabilitiesAsLogits, OneOutputAsLogits)):
         return model
+    model = with_tensor_output(model, x)
     return read_as(model, output_reading(model, x), x)
 
 

@@ -417,3 +417,40 @@ def test_the_logit_before_a_final_sigmoid_or_softmax_is_found_through_reshapes_a
     assert through_logits(converted)
     with torch.no_grad():
         np.testing.assert_allclose(converted(x).double().log_softmax(1).numpy(), logp.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_hugging_face_classifier_is_audited_on_its_logits(tmp_path, monkeypatch):
+    """A model that answers with a `ModelOutput` (Hugging Face's ViT, built from a config: nothing downloaded) is
+    read through its `.logits`, with reference copies from a factory of the same config. Its attention reshapes
+    cannot take an empty batch, which the label-only search used to ask for (no sample left to bisect)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from transformers import ViTConfig, ViTForImageClassification
+
+    ds = load_dataset("digits")
+    perm = np.random.default_rng(0).permutation(len(ds.x))
+    m, n = perm[:200], perm[200:500]
+    config = ViTConfig(image_size=8, patch_size=2, num_channels=1, hidden_size=32, num_hidden_layers=2,
+                       num_attention_heads=2, intermediate_size=64, num_labels=10)
+    torch.manual_seed(0)
+    vit = ViTForImageClassification(config)
+    opt = torch.optim.Adam(vit.parameters(), 3e-3)
+    xm, ym = torch.from_numpy(ds.x[m]), torch.from_numpy(ds.y[m])
+    for _ in range(150):
+        opt.zero_grad()
+        nn.functional.cross_entropy(vit(xm).logits, ym).backward()
+        opt.step()
+    vit.eval()
+    run = mia_core.audit(vit, (ds.x[m], ds.y[m]), (ds.x[n], ds.y[n]), config=FAST.replace(lira_shadows=2),
+                         store=tmp_path, model_factory=lambda: ViTForImageClassification(config),
+                         recipe=TrainingRecipe(epochs=10, lr=3e-3))
+    rec = run.record
+    assert rec.audit.model == "ViTForImageClassification (a Python nn.Module)" and rec.train_accuracy == 1.0
+    for attack in ("lira_online", "rmia_online", "label_only_l2", "distance_l2"):
+        assert rec.attacks[attack].defined
+    g = run.table["members"]
+    with torch.no_grad():
+        logp = vit(torch.from_numpy(run.dataset.x[g.index])).logits.double().log_softmax(1).numpy()
+        np.testing.assert_allclose(run.scores("loss", "members"), logp[np.arange(len(g.index)), g.label], atol=1e-5)
+        assert np.isfinite(g.scores["distance_l2"]).all()
+        flipped = vit(torch.from_numpy(np.array(g.artifacts["x_adv_distance_l2"]))).logits.argmax(1).numpy()
+    assert (flipped != g.label).all()
