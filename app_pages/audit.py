@@ -71,8 +71,13 @@ with st.expander("Reference models (LiRA, RMIA)"):
         "train reference models: copies of your model's graph, re-initialized", key="audit_references",
         help="Each copy trains on a random half of the members and non-members with the recipe below; it should "
              "match how your model was trained. Exporters fold batch norms into convolutions and drop dropout, "
-             "so the copies train without them. Refused where the graph's weights are not in layers that can be "
-             "re-initialized (use --model-factory from the command line then).")
+             "so the copies train without them (the batch norms can be restored below). Refused where the graph's "
+             "weights are not in layers that can be re-initialized (use --model-factory from the command line "
+             "then).")
+    batch_norm = st.checkbox(
+        "restore a batch norm after each convolution", key="audit_batch_norm", disabled=not references,
+        help="Exporters fold batch norms into the convolutions before them; if your model trained with them (as "
+             "ResNets do), its copies should too: each convolution gets one back, without its bias.")
     r = ExperimentConfig(epochs=30)
     r1, r2, r3, r4, r5 = st.columns(5)
     recipe_fields = {name: field_input(col, name, getattr(r, name), key=f"audit_recipe_{name}")
@@ -91,7 +96,8 @@ if st.button("Audit", type="primary", key="audit_run", disabled=data is None or 
                 data.getvalue(), data.name, model.getvalue(), model.name, label_column=label_column,
                 membership_column=None if membership_column in (None, NONE) else membership_column,
                 id_column=None if id_column in (None, NONE) else id_column, member_ids=member_ids,
-                bounds=(float(low), float(high)), reference_share=share, seed=config.seed, recipe=recipe)
+                bounds=(float(low), float(high)), reference_share=share, seed=config.seed, recipe=recipe,
+                batch_norm=bool(batch_norm and references))
         plan = plan_upload_audit(upload, config, state.store())
         if plan.stored_run_id is not None:
             state.set_current(plan.stored_run_id)  # audited before with these settings: it opens at once

@@ -210,6 +210,8 @@ def cmd_audit(a: argparse.Namespace) -> int:
         raise ValueError("--weights needs --model-factory (the architecture the weights belong to).")
     if a.onnx_references and not a.onnx:
         raise ValueError("--onnx-references needs --onnx (a factory's reference models are copies of it already).")
+    if a.onnx_batch_norm and not a.onnx_references:
+        raise ValueError("--onnx-batch-norm needs --onnx-references (it says how the reference copies are built).")
     base = config_from_args(a, ExperimentConfig())
     out = _check_out(a.out)
     data = read_user_data(a.data, label_column=a.label_column, id_column=a.id_column,
@@ -225,7 +227,8 @@ def cmd_audit(a: argparse.Namespace) -> int:
     if a.onnx:
         result = audit_onnx(Path(a.onnx), ds, split, prepared.reference, data_label=prepared.source,
                             file_name=Path(a.onnx).name,
-                            recipe=TrainingRecipe.of(base) if a.onnx_references else None, **common)
+                            recipe=TrainingRecipe.of(base) if a.onnx_references else None,
+                            batch_norm=a.onnx_batch_norm, **common)
     else:
         recipe = TrainingRecipe.of(base)
         if a.weights:
@@ -402,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("--onnx-references", action="store_true",
                      help="reference models for LiRA and RMIA: copies of the ONNX graph, re-initialized and trained "
                           "with the recipe flags (--epochs --lr --optimizer --batch-size --weight-decay)")
+    aud.add_argument("--onnx-batch-norm", action="store_true",
+                     help="with --onnx-references: your model trained with a batch norm after each convolution, which "
+                          "the exporter folded into it; the copies get them back")
     aud.add_argument("--model-factory", default=None, metavar="PKG.MODULE:FUNCTION",
                      help="your architecture: f(input_shape, num_classes) -> nn.Module (trusted local code)")
     aud.add_argument("--weights", default=None, metavar="FILE", help="its trained weights (.safetensors or .pt)")

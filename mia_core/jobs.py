@@ -68,12 +68,13 @@ class AuditRequest:
     data_label: str  # what was read, as the run's audit record says it
     reference: str  # how the reference pool was chosen
     recipe: TrainingRecipe | None = None  # reference models (LiRA, RMIA): re-initialized copies trained with it
+    batch_norm: bool = False  # the copies get a batch norm after each convolution (the exporter folded them)
 
     @classmethod
     def from_dict(cls, values: dict) -> "AuditRequest":
         recipe = values.get("recipe")
         return cls(str(values["model_name"]), str(values["data_label"]), str(values["reference"]),
-                   None if recipe is None else TrainingRecipe.from_dict(recipe))
+                   None if recipe is None else TrainingRecipe.from_dict(recipe), bool(values.get("batch_norm")))
 
 
 @dataclass(frozen=True)

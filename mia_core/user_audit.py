@@ -137,27 +137,30 @@ def audit(model: nn.Module, members, nonmembers, reference=None, *, bounds=(0.0,
                           progress=progress, device=device, short_name=name)
 
 
-def onnx_copies(file_name: str) -> str:
+def onnx_copies(file_name: str, batch_norm: bool = False) -> str:
     """What reference copies of an uploaded ONNX graph are, as the run says it."""
-    return f"{file_name}'s graph, re-initialized (no dropout; batch norms folded as exported)"
+    norms = ("a batch norm restored after each convolution" if batch_norm else "batch norms folded as exported")
+    return f"{file_name}'s graph, re-initialized (no dropout; {norms})"
 
 
 def audit_onnx(source: bytes | str | Path | OnnxModel, ds: Dataset, split: Split, reference_how: str, *,
                data_label: str, file_name: str = "model.onnx", config: ExperimentConfig | None = None,
                store: Store | str | Path | None = None, progress: Progress | None = None, seed: int = 0,
-               device: str = "auto", recipe: TrainingRecipe | None = None) -> RunResult:
+               device: str = "auto", recipe: TrainingRecipe | None = None, batch_norm: bool = False) -> RunResult:
     """Audit an ONNX model: converted and checked against ONNX Runtime on the data (`user_models.load_onnx`),
     then audited like any model (an `OnnxModel` already checked on this data is used as it is); the file is kept
     with the run so the dashboard can reopen it. With a `recipe`, LiRA and RMIA get reference models: copies of
-    the graph re-initialized layer by layer (`user_models.fresh_onnx_copy`) and trained with it."""
+    the graph re-initialized layer by layer (`user_models.fresh_onnx_copy`; with `batch_norm`, a batch norm
+    restored after each convolution) and trained with it."""
     onnx_model = (source if isinstance(source, OnnxModel)
                   else load_onnx(source, ds.x[split.members[:8]], num_classes=ds.num_classes))
-    factory = None if recipe is None else functools.partial(fresh_onnx_copy, onnx_model.data, onnx_model.channels_last)
+    factory = None if recipe is None else functools.partial(fresh_onnx_copy, onnx_model.data, onnx_model.channels_last,
+                                                            batch_norm)
     layout = ", images given as [N, H, W, C]" if onnx_model.channels_last else ""
     return audit_prepared(onnx_model.module, ds, split, reference_how, model_label=f"{file_name} (ONNX{layout})",
                           model_kind="onnx", model_digest=onnx_model.digest, data_label=data_label,
                           model_factory=factory, recipe=recipe, no_references=NO_ONNX_COPIES,
-                          factory_name=None if factory is None else onnx_copies(file_name),
+                          factory_name=None if factory is None else onnx_copies(file_name, batch_norm),
                           onnx_model=onnx_model, seed=seed, config=config, store=store, progress=progress,
                           device=device, short_name=Path(file_name).stem)
 
@@ -324,12 +327,12 @@ class PreparedUpload:
 def prepare_upload(data: bytes, data_name: str, model: bytes, model_name: str, *, label_column: str | None = None,
                    membership_column: str | None = None, id_column: str | None = None,
                    member_ids: list[str] | None = None, bounds: tuple[float, float] | None = None,
-                   reference_share: float = 0.5, seed: int = 0, recipe: TrainingRecipe | None = None
-                   ) -> PreparedUpload:
+                   reference_share: float = 0.5, seed: int = 0, recipe: TrainingRecipe | None = None,
+                   batch_norm: bool = False) -> PreparedUpload:
     """Read uploaded data (table, zip of an image folder, npz) in a private temporary folder that is removed
     afterwards, split it by the membership it names, and check the ONNX model on it (and, with a `recipe` for
-    reference copies, that its graph can be re-initialized): every error a user can fix is raised here, before
-    any audit starts."""
+    reference copies, that its graph can be re-initialized, with `batch_norm` restored after its convolutions):
+    every error a user can fix is raised here, before any audit starts."""
     import tempfile
 
     from .user_data import prepare_user_data, read_upload
@@ -343,8 +346,10 @@ def prepare_upload(data: bytes, data_name: str, model: bytes, model_name: str, *
     ds, split = prepared.dataset, prepared.split
     onnx_model = load_onnx(model, ds.x[split.members[:8]], num_classes=ds.num_classes)
     if recipe is not None:
-        fresh_onnx_copy(onnx_model.data)
-    return PreparedUpload(prepared, onnx_model, AuditRequest(model_name, prepared.source, prepared.reference, recipe))
+        fresh_onnx_copy(onnx_model.data, batch_norm=batch_norm)
+    batch_norm = batch_norm and recipe is not None
+    return PreparedUpload(prepared, onnx_model, AuditRequest(model_name, prepared.source, prepared.reference, recipe,
+                                                             batch_norm))
 
 
 def audit_prepared_upload(upload: PreparedUpload, config: ExperimentConfig | None = None, *,
@@ -353,7 +358,8 @@ def audit_prepared_upload(upload: PreparedUpload, config: ExperimentConfig | Non
     cfg = config or ExperimentConfig()
     return audit_onnx(upload.model, upload.data.dataset, upload.data.split, upload.request.reference,
                       data_label=upload.request.data_label, file_name=upload.request.model_name, config=cfg,
-                      store=store, progress=progress, seed=cfg.seed, device=cfg.device, recipe=upload.request.recipe)
+                      store=store, progress=progress, seed=cfg.seed, device=cfg.device, recipe=upload.request.recipe,
+                      batch_norm=upload.request.batch_norm)
 
 
 @dataclass(frozen=True)
@@ -373,7 +379,8 @@ def plan_upload_audit(upload: PreparedUpload, config: ExperimentConfig | None = 
     _, run_cfg, key, _ = _audit_plan(upload.model.module.cpu(), upload.data.dataset, upload.data.split,
                                      torch.device("cpu"), model_digest=upload.model.digest,
                                      short_name=Path(upload.request.model_name).stem,
-                                     factory_name=onnx_copies(upload.request.model_name) if recipe else None,
+                                     factory_name=(onnx_copies(upload.request.model_name, upload.request.batch_norm)
+                                                   if recipe else None),
                                      recipe=recipe, seed=cfg.seed, config=cfg, device=cfg.device)
     return UploadAuditPlan(run_cfg, Store.intact_run_id(Store.resolve(store).eval_dir(key, run_cfg.eval_key())))
 

@@ -460,14 +460,41 @@ class OnnxGraphCopy(nn.Module):
         return self.graph(x.permute(0, 2, 3, 1) if self.channels_last else x)
 
 
-def fresh_onnx_copy(data: bytes, channels_last: bool = False) -> nn.Module:
+_CONV_NORMS = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: nn.BatchNorm3d}
+
+
+def restore_batch_norms(module: nn.Module) -> int:
+    """Put back the batch norms an exporter folded into the convolutions before them: each convolution of
+    `module` becomes the same convolution without a bias followed by a batch norm over its output channels (as
+    ResNets and most CNNs are written: a bias before a batch norm is cancelled by it). Returns how many."""
+    restored = 0
+    for parent in list(module.modules()):
+        for name, layer in list(parent.named_children()):
+            norm = _CONV_NORMS.get(type(layer))
+            if norm is None:
+                continue
+            with torch.random.fork_rng(devices=[]):  # built, not drawn: the copy's reset draws its weights in order
+                conv = type(layer)(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
+                                   padding=layer.padding, dilation=layer.dilation, groups=layer.groups, bias=False,
+                                   padding_mode=layer.padding_mode)
+            setattr(parent, name, nn.Sequential(conv, norm(layer.out_channels)))
+            restored += 1
+    return restored
+
+
+def fresh_onnx_copy(data: bytes, channels_last: bool = False, batch_norm: bool = False) -> nn.Module:
     """A fresh, untrained copy of an ONNX model's architecture, for the reference models of LiRA and RMIA: the
     graph converted as `load_onnx` converts it, each layer re-initialized by its own `reset_parameters` (PyTorch's
     default initialization for that layer). Exporters fold batch norms into convolutions and drop dropout, so
-    the copies train without them. Refused where weights sit outside such layers (a parameter no layer resets,
-    or a float initializer with two or more dimensions above 1, such as MatMul's weights); constants along one
-    dimension (a normalization's per-channel mean, shaped [1, C, 1, 1]) are kept as exported."""
+    the copies train without them, unless `batch_norm` says the model trained with one after each convolution
+    (`restore_batch_norms`; refused for a graph without convolutions). Refused where weights sit outside such
+    layers (a parameter no layer resets, or a float initializer with two or more dimensions above 1, such as
+    MatMul's weights); constants along one dimension (a normalization's per-channel mean, shaped [1, C, 1, 1])
+    are kept as exported."""
     module = copy.deepcopy(_converted(bytes(data))).train()
+    if batch_norm and not restore_batch_norms(module):
+        raise ModelError("The ONNX graph has no convolution to restore a batch norm after; train its reference "
+                         "copies without restoring batch norms.")
     reset: set[int] = set()
     for layer in module.modules():
         if layer is not module and callable(getattr(layer, "reset_parameters", None)):

@@ -346,6 +346,69 @@ def test_reference_models_are_re_initialized_copies_of_the_onnx_graph(tmp_path):
     assert "--onnx-references" in plain.record.unavailable["lira_online"]
 
 
+def batch_norm_cnn():
+    """Conv, batch norm, ReLU twice, as ResNets are written (digits' 8x8 images)."""
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(16 * 2 * 2, 10))
+
+
+def test_reference_copies_of_an_onnx_cnn_get_back_the_batch_norms_its_exporter_folded(tmp_path, capsys):
+    """Exporters fold each batch norm into the convolution before it. With `batch_norm`, the copies get them back
+    (each convolution without its bias, then a batch norm): the original architecture itself, so a copy draws
+    the weights a fresh torch model does from the same seed, takes the trained model's state and answers as it
+    does, and an audit trains the same reference models as one given the torch architecture as a factory."""
+    from mia_core.config import ExperimentConfig, TrainingRecipe
+    from mia_core.user_audit import audit_dataset, audit_prepared
+    from mia_core.user_models import fresh_onnx_copy
+
+    ds = load_dataset("digits")
+    perm = np.random.default_rng(0).permutation(len(ds.x))
+    m, n = perm[:200], perm[200:500]
+    torch.manual_seed(0)
+    net = batch_norm_cnn()
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+    for _ in range(60):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(torch.from_numpy(ds.x[m])), torch.from_numpy(ds.y[m])).backward()
+        opt.step()
+    blob = _onnx_bytes(net.eval(), torch.from_numpy(ds.x[:2]))
+    assert "BatchNormalization" not in load_onnx(blob, ds.x[:8]).operators  # folded by the exporter
+    folded = fresh_onnx_copy(blob)
+    torch.manual_seed(3)
+    restored = fresh_onnx_copy(blob, batch_norm=True)
+    torch.manual_seed(3)
+    original = batch_norm_cnn()
+    assert [p.detach().numpy().tolist() for p in restored.parameters()] == [p.detach().numpy().tolist()
+                                                                            for p in original.parameters()]
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in folded.modules()) == 0
+    restored.load_state_dict(dict(zip(restored.state_dict(), net.state_dict().values())))
+    with torch.no_grad():
+        x = torch.from_numpy(ds.x[:64])
+        np.testing.assert_array_equal(restored.eval()(x).numpy(), net(x).numpy())
+    with pytest.raises(ModelError, match="no convolution"):
+        fresh_onnx_copy(_onnx_bytes(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), torch.from_numpy(ds.x[:2])),
+                        batch_norm=True)
+
+    data, split, how = audit_dataset((ds.x[m], ds.y[m]), (ds.x[n], ds.y[n]))
+    cfg = ExperimentConfig(bootstrap_rounds=20, label_only_queries=50, reference_scored=60, lira_shadows=2,
+                           distance_method="deepfool")
+    recipe = TrainingRecipe(epochs=5, lr=3e-3)
+    run = audit_onnx(blob, data, split, how, data_label="digits", file_name="bn.onnx", config=cfg,
+                     store=tmp_path / "a", recipe=recipe, batch_norm=True)
+    assert "a batch norm restored after each convolution" in run.record.audit.retraining
+    given = audit_prepared(net, data, split, how, model_label="net", model_kind="module", model_digest="net",
+                           data_label="digits", short_name="net", model_factory=batch_norm_cnn, recipe=recipe,
+                           config=cfg, store=tmp_path / "b")
+    for attack in ("lira_online", "lira_offline", "rmia_online", "rmia_offline"):  # float noise of the graph
+        np.testing.assert_allclose(run.scores(attack, "members"), given.scores(attack, "members"), rtol=1e-4,
+                                   atol=1e-3)
+        assert run.record.attacks[attack].auc == pytest.approx(given.record.attacks[attack].auc, abs=2e-3)
+    assert main(["audit", "--data", str(tmp_path / "x.csv"), "--onnx", str(tmp_path / "m.onnx"),
+                 "--onnx-batch-norm"]) == 2
+    assert "--onnx-batch-norm needs --onnx-references" in capsys.readouterr().err
+
+
 class ChannelsLastNet(nn.Module):
     """A Keras-style model (as tf2onnx writes it): images come in as [N, H, W, C]."""
 
