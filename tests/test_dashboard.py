@@ -401,3 +401,50 @@ def test_a_job_line_says_where_a_job_stands_and_what_can_be_opened(tmp_path):
     assert "(label-only search, 42%, " in line and line.endswith(
         "so far). Its first results are ready to open. 2 more jobs are active (Jobs page).")
     assert views.job_line(running, others=1).endswith("1 more job is active (Jobs page).")
+
+
+def test_the_audit_page_restores_batch_norms_in_the_reference_copies_of_an_uploaded_cnn(app, tmp_path):
+    """'Restore a batch norm after each convolution': the job's copies of an uploaded CNN get them back and the run
+    says so; for a graph without convolutions the page refuses it with the reason and starts nothing."""
+    from test_user_data import _onnx_bytes, batch_norm_cnn
+    from user_files import onnx_for_table, patients_csv
+
+    from mia_core.data import load_dataset
+
+    digits = load_dataset("digits")
+    x, y = digits.x[:400], digits.y[:400]
+    torch.manual_seed(0)
+    net = batch_norm_cnn().eval()
+    data = io.BytesIO()
+    np.savez(data, x=x, y=y)
+    at = app("app_pages/audit.py")
+    at.file_uploader(key="audit_data").set_value(("digits.npz", data.getvalue(), "application/octet-stream")).run()
+    at.file_uploader(key="audit_model").set_value(("bn.onnx", _onnx_bytes(net, torch.from_numpy(x[:2])),
+                                                   "application/octet-stream")).run()
+    at.file_uploader(key="audit_ids").set_value(("members.txt", "\n".join(map(str, range(0, 400, 2))).encode(),
+                                                 "text/plain")).run()
+    at.toggle(key="audit_fast").set_value(True).run()
+    at.checkbox(key="audit_references").check().run()
+    at.checkbox(key="audit_batch_norm").check()
+    at.number_input(key="audit_recipe_epochs").set_value(3)
+    at.number_input(key="audit_shadows_True").set_value(2)
+    at.button(key="audit_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    job = JobQueue(tmp_path).get(at.query_params["job"])
+    assert job.audit.batch_norm and job.audit.recipe.epochs == 3
+    finish_jobs(at, tmp_path)
+    run = ex.list_runs(tmp_path)[0].record
+    assert "a batch norm restored after each convolution" in run.audit.retraining
+    assert run.attacks["lira_online"].defined
+    # a table's MLP has no convolution to restore one after: refused before any job
+    csv = tmp_path / "patients.csv"
+    patients_csv(csv)
+    blob, _, _, _ = onnx_for_table(csv, epochs=20)
+    at.file_uploader(key="audit_data").set_value(("patients.csv", csv.read_bytes(), "text/csv")).run()
+    at.file_uploader(key="audit_model").set_value(("clinic.onnx", blob, "application/octet-stream")).run()
+    at.file_uploader(key="audit_ids").set_value(None).run()
+    at.selectbox(key="audit_label_column").set_value("diagnosis")
+    jobs = sorted(p.name for p in tmp_path.glob("jobs/*"))
+    at.button(key="audit_run").click().run()
+    assert "no convolution to restore a batch norm after" in at.error[0].value
+    assert sorted(p.name for p in tmp_path.glob("jobs/*")) == jobs
