@@ -601,6 +601,12 @@ def test_binary_classifiers_with_one_output_run_through_the_cli(patients, tmp_pa
     np.testing.assert_allclose(np.exp(run.scores("loss", "members")), np.where(g.label == 1, p1, 1 - p1), rtol=1e-4)
     assert (z[g.index] > 15).sum() > 5  # members whose float32 p is exactly 1: their distances are found all the same
     assert np.isfinite(run.scores("distance_l2", "members")).all()
+    from mia_core.user_models import through_logits
+
+    assert through_logits(run.model)  # reopened from the store: read as the audit read it
+    with torch.no_grad():
+        np.testing.assert_allclose(run.model(torch.from_numpy(run.dataset.x)).double()[:, 1].numpy(), z, rtol=1e-5,
+                                   atol=1e-5)
 
 
 def test_breast_cancer_is_embedded_and_runs_with_the_table_models(tmp_path):
